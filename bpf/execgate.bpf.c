@@ -1,0 +1,587 @@
+//go:build ignore
+
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * execgate: one shared program on the exec path.
+ *
+ * For every execve on the node the program answers one question: may the
+ * task's cgroup run this file? The cost is a bounded walk up the task's
+ * cgroup ancestry (usually 3-5 hash lookups) plus, only for tasks in a bound
+ * cgroup, one path walk, one SipHash and one or two lookups. Nothing depends
+ * on how many policies are loaded.
+ *
+ * Attach points (the agent loads exactly one):
+ *   lsm/bprm_creds_for_exec              BPF LSM, 5.7+, "bpf" in the LSM list
+ *   fmod_ret/security_bprm_creds_for_exec trampolines, 5.7+, no boot flag
+ *   tp_btf/sched_process_exec            5.5+, for kernels that refuse
+ *                                        trampolines: the exec has succeeded,
+ *                                        a denied one is killed (SIGKILL)
+ *                                        before its first instruction.
+ * bprm->file is the file the kernel executes, so the decision is about the
+ * real file (symlinks already resolved, no TOCTOU on the name).
+ *
+ * Helpers and their kernels: bpf_probe_read_kernel(_str) 5.5,
+ * bpf_ringbuf_output 5.8, bpf_ktime_get_boot_ns 5.8, bpf_get_current_task_btf
+ * 5.11 and bpf_task_pt_regs 5.15 (argv only, gated by have_task_pt_regs).
+ */
+#include "vmlinux_min.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define EPERM 1
+
+/* PATH_MAX including the NUL; event data has NAME_MAX and more of slack. */
+#define PATH_LEN 4096
+#define NAME_MAX_LEN 255
+/* Deeper paths are never allowed: see PATH_TOO_DEEP. */
+#define MAX_DEPTH 64
+/* Ancestors checked above the task's own cgroup (pod -> container nesting). */
+#define MAX_CGROUP_DEPTH 16
+#define ARGV_LEN 512
+#define MAX_ARGS 32
+/* The LPM key holds the slot (4 bytes) and at most this many path bytes. */
+#define PREFIX_LEN 252
+
+enum mode {
+	MODE_LEARN = 1,
+	MODE_MONITOR = 2,
+	MODE_PROTECT = 3,
+};
+
+enum action {
+	ACTION_LEARNED = 1,  /* Learn: allowed and recorded */
+	ACTION_REPORTED = 2, /* Monitor: allowed, reported as a violation */
+	ACTION_DENIED = 3,   /* Protect: -EPERM, reported */
+};
+
+/* Event and decision flags. */
+enum path_flags {
+	PATH_DETACHED = 1 << 0,  /* not reachable from a mount: memfd, pipe, anon */
+	PATH_DELETED = 1 << 1,   /* unlinked while still open */
+	PATH_TOO_DEEP = 1 << 2,  /* more than MAX_DEPTH components */
+	PATH_TOO_LONG = 1 << 3,  /* longer than PATH_LEN - 1 */
+	ARGV_TRUNCATED = 1 << 4, /* more than ARGV_LEN bytes or MAX_ARGS args */
+	ARGV_MISSING = 1 << 5,   /* kernel older than 5.15 or not a plain execve */
+	KILLED = 1 << 7,         /* exec_kill mode: denied by SIGKILL, not EPERM */
+	/* Any of these: the file has no name we can trust, never allowed. */
+	PATH_UNTRUSTED = PATH_DETACHED | PATH_DELETED | PATH_TOO_DEEP | PATH_TOO_LONG,
+};
+
+enum binding_flags {
+	BINDING_HAS_PREFIX = 1 << 0, /* the slot has directory-prefix rules */
+};
+
+/*
+ * bindings: cgroup id (kernfs id == inode of the cgroup v2 directory) ->
+ * which allowlist applies and how. Written only from user space; each update
+ * replaces the whole value, so a reader sees the old or the new binding.
+ */
+struct binding {
+	__u32 slot;
+	__u8 mode;
+	__u8 flags;
+	__u16 _pad;
+};
+
+/* exact_rules: {slot, SipHash-2-4(path)} -> 1. */
+struct exact_key {
+	__u32 slot;
+	__u32 _pad;
+	__u64 hash;
+};
+
+/*
+ * prefix_rules: LPM trie over {slot (big endian), path bytes}. A rule's
+ * prefixlen always covers the slot, so rules never leak across slots.
+ */
+struct prefix_key {
+	__u32 prefixlen;
+	__u32 slot_be;
+	__u8 path[PREFIX_LEN];
+};
+
+/* config[0]: the per-boot SipHash key. Only root can read it. */
+struct siphash_key {
+	__u64 k0;
+	__u64 k1;
+};
+
+enum stat {
+	STAT_CHECKED,    /* execs in a bound cgroup */
+	STAT_ALLOWED,    /* matched the allowlist */
+	STAT_LEARNED,
+	STAT_REPORTED,
+	STAT_DENIED,
+	STAT_DROPPED,    /* events lost because the ring buffer was full */
+	STAT_UNTRUSTED,  /* executables without a trustworthy path */
+	STAT_MAX,
+};
+
+struct counters {
+	__u64 count[STAT_MAX];
+};
+
+/*
+ * Event record: a fixed header, then data = path bytes (path_len, no NUL)
+ * followed by argv (argv_len bytes, NUL separated). Only header + path_len +
+ * argv_len bytes are written to the ring buffer.
+ */
+struct event {
+	__u64 boot_ns;
+	__u64 cgroup_id;       /* the task's own cgroup */
+	__u64 bound_cgroup_id; /* the cgroup whose binding decided */
+	__u32 slot;
+	__u32 pid;  /* tgid */
+	__u32 tid;
+	__u32 ppid; /* tgid of real_parent */
+	__u32 uid;
+	__u32 argc;
+	__u8 mode;
+	__u8 action;
+	__u16 flags;
+	__u16 path_len;
+	__u16 argv_len;
+	__u16 _pad;
+	char parent_comm[16]; /* the parent process's comm (TASK_COMM_LEN) */
+	char data[PATH_LEN + 2 * ARGV_LEN] __attribute__((aligned(8)));
+};
+
+struct scratch {
+	char path[PATH_LEN + NAME_MAX_LEN + 1] __attribute__((aligned(8))); /* built right to left */
+	struct prefix_key pk; /* LPM lookup key: too big for the stack */
+	struct event ev;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct binding);
+	__uint(max_entries, 2304); /* resized by the loader (--max-pods) */
+} bindings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct exact_key);
+	__type(value, __u8);
+	__uint(max_entries, 65536); /* resized by the loader (--max-entries) */
+} exact_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct prefix_key);
+	__type(value, __u8);
+	__uint(max_entries, 4096);
+} prefix_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct siphash_key);
+	__uint(max_entries, 1);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counters);
+	__uint(max_entries, 1);
+} stats SEC(".maps");
+
+/* Fixed per-CPU working memory; never per policy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct scratch);
+	__uint(max_entries, 1);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20); /* resized by the loader */
+} events SEC(".maps");
+
+/* Set by the loader before load; false on kernels without bpf_task_pt_regs. */
+const volatile bool have_task_pt_regs = false;
+
+/* Anchors BTF for every type the Go side mirrors (bpf2go -type). */
+struct btf_anchor {
+	struct event ev;
+	struct binding b;
+	struct exact_key ek;
+	struct prefix_key pk;
+	struct siphash_key c;
+	struct counters st;
+	enum mode m;
+	enum action a;
+	enum path_flags pf;
+	enum binding_flags bf;
+	enum stat sn;
+};
+const struct btf_anchor *unused_btf_anchor __attribute__((unused));
+
+static __always_inline void count(enum stat s)
+{
+	__u32 zero = 0;
+	struct counters *st = bpf_map_lookup_elem(&stats, &zero);
+
+	if (st && s < STAT_MAX)
+		st->count[s]++;
+}
+
+#define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                          \
+	do {                                                              \
+		v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32); \
+		v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                    \
+		v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                    \
+		v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32); \
+	} while (0)
+
+/*
+ * SipHash-2-4 of buf[start:start+len] (little endian), the same function user space
+ * computes when it loads rules. A keyed PRF: without the per-boot key nobody
+ * can pick a file name that collides with an allowed path.
+ */
+static __always_inline __u64 siphash(const struct siphash_key *key, const char *buf, __u32 start, __u32 len)
+{
+	__u64 v0 = key->k0 ^ 0x736f6d6570736575ULL;
+	__u64 v1 = key->k1 ^ 0x646f72616e646f6dULL;
+	__u64 v2 = key->k0 ^ 0x6c7967656e657261ULL;
+	__u64 v3 = key->k1 ^ 0x7465646279746573ULL;
+	__u32 blocks = len / 8;
+	__u64 m, b;
+
+	for (__u32 i = 0; i < PATH_LEN / 8; i++) {
+		if (i >= blocks)
+			break;
+		m = *(const __u64 *)&buf[(start + i * 8) & (PATH_LEN - 1)];
+		v3 ^= m;
+		SIPROUND;
+		SIPROUND;
+		v0 ^= m;
+	}
+	b = ((__u64)len) << 56;
+	if (len & 7) {
+		m = *(const __u64 *)&buf[(start + blocks * 8) & (PATH_LEN - 1)];
+		b |= m & ((1ULL << ((len & 7) * 8)) - 1);
+	}
+	v3 ^= b;
+	SIPROUND;
+	SIPROUND;
+	v0 ^= b;
+	v2 ^= 0xff;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/*
+ * resolve_path builds the path of f as d_path() would (relative to the
+ * task's root, crossing mounts), right to left in s->path, and returns where
+ * it starts: the path is s->path[*start, PATH_LEN), no NUL. Pseudo files
+ * (memfd), unlinked files and paths beyond the bounds are flagged in *flags:
+ * PATH_UNTRUSTED files are never allowed. One loop, one counter: the
+ * verifier's work stays linear in MAX_DEPTH.
+ */
+static __always_inline __u32 resolve_path(struct scratch *s, struct file *f, struct task_struct *task,
+					  __u16 *flags, __u32 *start)
+{
+	__u64 mnt_off = bpf_core_field_offset(struct mount, mnt);
+	struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
+	struct vfsmount *vmnt = BPF_CORE_READ(f, f_path.mnt);
+	struct dentry *root_d = BPF_CORE_READ(task, fs, root.dentry);
+	struct vfsmount *root_m = BPF_CORE_READ(task, fs, root.mnt);
+	struct mount *mnt = (struct mount *)((void *)vmnt - mnt_off);
+	struct dentry *parent, *mnt_root;
+	struct mount *mnt_parent;
+	const unsigned char *name;
+	__u32 pos = PATH_LEN, len, i;
+
+	if (!BPF_CORE_READ(d, d_hash.pprev) && BPF_CORE_READ(d, d_parent) != d)
+		*flags |= PATH_DELETED;
+
+	for (i = 0; i < MAX_DEPTH; i++) {
+		if (d == root_d && vmnt == root_m)
+			break;
+		mnt_root = BPF_CORE_READ(vmnt, mnt_root);
+		parent = BPF_CORE_READ(d, d_parent);
+		if (d == mnt_root) {
+			mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+			if (mnt_parent == mnt)
+				break; /* root of the mount tree */
+			d = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = mnt_parent;
+			vmnt = (struct vfsmount *)((void *)mnt + mnt_off);
+			continue;
+		}
+		len = BPF_CORE_READ(d, d_name.len);
+		name = BPF_CORE_READ(d, d_name.name);
+		if (len > NAME_MAX_LEN || len + 2 > pos) { /* keep pos >= 1: at most PATH_LEN - 1 bytes */
+			*flags |= PATH_TOO_LONG;
+			break;
+		}
+		pos -= len;
+		bpf_probe_read_kernel(&s->path[pos & (PATH_LEN - 1)], len & NAME_MAX_LEN, name);
+		pos--;
+		s->path[pos & (PATH_LEN - 1)] = '/';
+		if (d == parent) {
+			/* A dentry that is its own parent but not a mount root
+			 * lives on no mounted tree: memfd, anon inode, pipe. */
+			*flags |= PATH_DETACHED;
+			break;
+		}
+		d = parent;
+		/* Forget pos's exact range: states of different paths then
+		 * compare equal and the verifier prunes them. */
+		asm volatile("%0 &= 4095" : "+r"(pos));
+	}
+	if (i == MAX_DEPTH)
+		*flags |= PATH_TOO_DEEP;
+	if (pos == PATH_LEN) {
+		pos--;
+		s->path[PATH_LEN - 1] = '/';
+	}
+	*start = pos & (PATH_LEN - 1);
+	return PATH_LEN - *start;
+}
+
+static __always_inline bool prefix_allowed(struct scratch *s, __u32 slot, __u32 start, __u32 len)
+{
+	struct prefix_key *k = &s->pk;
+
+	k->prefixlen = 32 + 8 * (len < PREFIX_LEN ? len : PREFIX_LEN);
+	k->slot_be = bpf_htonl(slot);
+	bpf_probe_read_kernel(k->path, PREFIX_LEN, &s->path[start & (PATH_LEN - 1)]);
+	return bpf_map_lookup_elem(&prefix_rules, k) != NULL;
+}
+
+/* Copies NUL-separated argv from user memory at [from, to) into ev->data. */
+static __always_inline void copy_args(struct event *ev, __u32 start, const char *from, const char *to)
+{
+	__u32 len = to - from;
+	long n;
+
+	if (!from || to <= from) {
+		ev->flags |= ARGV_MISSING;
+		return;
+	}
+	if (len > ARGV_LEN) {
+		len = ARGV_LEN;
+		ev->flags |= ARGV_TRUNCATED;
+	}
+	/* keep the mask: clang would drop it, the verifier needs it */
+	asm volatile("%0 &= 1023" : "+r"(len));
+	n = bpf_probe_read_user(&ev->data[start & (PATH_LEN - 1)], len, from);
+	if (n == 0)
+		ev->argv_len = len;
+}
+
+/*
+ * Before the exec commits (lsm, fmod_ret) argv is still the syscall's
+ * argument in the old mm: read it through the syscall registers.
+ */
+static __always_inline void read_argv_syscall(struct event *ev, __u32 start)
+{
+	struct pt_regs *regs;
+	const char *const *argv = NULL;
+	const char *arg;
+	long nr;
+	__u32 off = 0;
+	int n;
+
+	if (!have_task_pt_regs) {
+		ev->flags |= ARGV_MISSING;
+		return;
+	}
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+#if defined(__TARGET_ARCH_x86)
+	nr = BPF_CORE_READ(regs, orig_ax);
+	if (nr == 59) /* execve(path, argv, envp) */
+		argv = (const char *const *)BPF_CORE_READ(regs, si);
+	else if (nr == 322) /* execveat(fd, path, argv, envp, flags) */
+		argv = (const char *const *)BPF_CORE_READ(regs, dx);
+#elif defined(__TARGET_ARCH_arm64)
+	nr = BPF_CORE_READ(regs, syscallno);
+	if (nr == 221)
+		argv = (const char *const *)BPF_CORE_READ(regs, regs[1]);
+	else if (nr == 281)
+		argv = (const char *const *)BPF_CORE_READ(regs, regs[2]);
+#endif
+	if (!argv) {
+		/* kernel-initiated exec (usermode helper) or a compat syscall */
+		ev->flags |= ARGV_MISSING;
+		return;
+	}
+	for (int i = 0; i < MAX_ARGS; i++) {
+		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) || !arg)
+			break;
+		if (off >= ARGV_LEN) {
+			ev->flags |= ARGV_TRUNCATED;
+			break;
+		}
+		n = bpf_probe_read_user_str(&ev->data[(start & (PATH_LEN - 1)) + (off & (ARGV_LEN - 1))],
+					    ARGV_LEN, arg);
+		if (n <= 0)
+			break;
+		off += n;
+		if (i == MAX_ARGS - 1)
+			ev->flags |= ARGV_TRUNCATED;
+	}
+	if (off > ARGV_LEN) {
+		off = ARGV_LEN;
+		ev->flags |= ARGV_TRUNCATED;
+	}
+	ev->argv_len = off;
+}
+
+static __always_inline void emit(struct scratch *s, struct task_struct *task, __u32 path_len, bool committed)
+{
+	struct event *ev = &s->ev;
+	__u64 size;
+
+	ev->boot_ns = bpf_ktime_get_boot_ns();
+	ev->pid = bpf_get_current_pid_tgid() >> 32;
+	ev->tid = (__u32)bpf_get_current_pid_tgid();
+	ev->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	ev->uid = (__u32)bpf_get_current_uid_gid();
+	ev->argv_len = 0;
+	if (committed) /* the new mm holds argv at [arg_start, arg_end) */
+		copy_args(ev, path_len, (const char *)BPF_CORE_READ(task, mm, arg_start),
+			  (const char *)BPF_CORE_READ(task, mm, arg_end));
+	else
+		read_argv_syscall(ev, path_len);
+	/* The parent's executable path is looked up by user space from ppid:
+	 * a second path walk here would double the verifier's work. */
+	BPF_CORE_READ_STR_INTO(&ev->parent_comm, task, real_parent, comm);
+
+	size = offsetof(struct event, data) + (path_len & (PATH_LEN - 1)) + (ev->argv_len & (ARGV_LEN * 2 - 1));
+	if (size > sizeof(struct event))
+		size = sizeof(struct event);
+	if (bpf_ringbuf_output(&events, ev, size, 0))
+		count(STAT_DROPPED);
+}
+
+/*
+ * decide returns -EPERM when the exec must not run. committed is true in
+ * exec_kill mode, where the exec already happened and the caller kills.
+ */
+static __always_inline int decide(struct linux_binprm *bprm, bool committed)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	struct binding bind, *found = NULL;
+	__u64 leaf_id = 0, bound_id = 0;
+	struct scratch *s;
+	struct siphash_key *key;
+	struct event *ev;
+	struct exact_key ek = {};
+	__u32 zero = 0, len, start = 0;
+	bool allowed = false;
+	__u16 flags = 0;
+
+	for (int i = 0; i < MAX_CGROUP_DEPTH; i++) {
+		struct cgroup *parent;
+
+		if (!cg)
+			break;
+		parent = (struct cgroup *)BPF_CORE_READ(cg, self.parent);
+		if (!parent)
+			break; /* the root cgroup is never bound */
+		bound_id = BPF_CORE_READ(cg, kn, id);
+		if (i == 0)
+			leaf_id = bound_id;
+		found = bpf_map_lookup_elem(&bindings, &bound_id);
+		if (found)
+			break;
+		cg = parent;
+	}
+	if (!found)
+		return 0;
+	bind = *found;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	key = bpf_map_lookup_elem(&config, &zero);
+	if (!s || !key)
+		return bind.mode == MODE_PROTECT ? -EPERM : 0;
+	ev = &s->ev;
+	count(STAT_CHECKED);
+
+	len = resolve_path(s, BPF_CORE_READ(bprm, file), task, &flags, &start);
+	if (flags & PATH_UNTRUSTED) {
+		count(STAT_UNTRUSTED);
+	} else {
+		ek.slot = bind.slot;
+		ek.hash = siphash(key, s->path, start, len);
+		allowed = bpf_map_lookup_elem(&exact_rules, &ek) != NULL;
+		if (!allowed && (bind.flags & BINDING_HAS_PREFIX))
+			allowed = prefix_allowed(s, bind.slot, start, len);
+	}
+	if (allowed) {
+		count(STAT_ALLOWED);
+		return 0;
+	}
+
+	ev->cgroup_id = leaf_id;
+	ev->bound_cgroup_id = bound_id;
+	ev->slot = bind.slot;
+	ev->mode = bind.mode;
+	ev->flags = flags;
+	ev->path_len = len;
+	bpf_probe_read_kernel(ev->data, len & (PATH_LEN - 1), &s->path[start & (PATH_LEN - 1)]);
+	ev->argc = BPF_CORE_READ(bprm, argc);
+	switch (bind.mode) {
+	case MODE_LEARN:
+		ev->action = ACTION_LEARNED;
+		count(STAT_LEARNED);
+		break;
+	case MODE_MONITOR:
+		ev->action = ACTION_REPORTED;
+		count(STAT_REPORTED);
+		break;
+	default: /* Protect, and any mode we do not know: fail closed */
+		ev->action = ACTION_DENIED;
+		count(STAT_DENIED);
+		break;
+	}
+	if (committed && ev->action == ACTION_DENIED)
+		ev->flags |= KILLED;
+	emit(s, task, len, committed);
+	return ev->action == ACTION_DENIED ? -EPERM : 0;
+}
+
+SEC("lsm/bprm_creds_for_exec")
+int BPF_PROG(execgate_lsm, struct linux_binprm *bprm, int ret)
+{
+	if (ret)
+		return ret; /* an earlier LSM program already denied */
+	return decide(bprm, false);
+}
+
+SEC("fmod_ret/security_bprm_creds_for_exec")
+int BPF_PROG(execgate_fmod_ret, struct linux_binprm *bprm, int ret)
+{
+	if (ret)
+		return ret;
+	return decide(bprm, false);
+}
+
+/*
+ * For a script bprm->file is now the interpreter: exec_kill checks the
+ * binary that actually runs, lsm and fmod_ret check the file named by exec.
+ */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(execgate_exec_kill, struct task_struct *p, int old_pid, struct linux_binprm *bprm)
+{
+	if (decide(bprm, true) == -EPERM)
+		bpf_send_signal(9); /* SIGKILL: 5.3+; delivered before returning to user space */
+	return 0;
+}

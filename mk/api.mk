@@ -1,0 +1,5 @@
+# api/v1alpha1: deepcopy code and the CRDs Helm installs from deploy/helm/execgate/crds/.
+# Both are committed; the //go:generate lines in api/v1alpha1/doc.go are the one recipe.
+.PHONY: generate-api
+generate-api:
+	cd api/v1alpha1 && $(GO) generate .

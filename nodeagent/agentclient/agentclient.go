@@ -1,0 +1,168 @@
+// Package agentclient dials node agents' AgentService over mutual TLS. It is
+// what the webhook imports to talk to agents (with the generated API in
+// proto/execgate/agent/v1); it must never import the agent's server.
+//
+// It owns the client side of the transport: the client certificate and the
+// CA bundle are read from files and re-read when they rotate, so one Dialer
+// serves a long-lived pool of connections to every node.
+package agentclient
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/execgate/execgate/internal/tlsfiles"
+	agentv1 "github.com/execgate/execgate/proto/execgate/agent/v1"
+)
+
+// Config configures a Dialer.
+type Config struct {
+	// CertFile and KeyFile are the client certificate presented to agents;
+	// CAFile is the bundle the agents' serving certificates must chain to.
+	CertFile string
+	KeyFile  string
+	CAFile   string
+	// ServerName is the name the agents' certificate must carry (agents
+	// are dialled by node IP, so it is usually one shared DNS name). Empty
+	// means the host part of each address.
+	ServerName string
+	// ReloadInterval bounds how often the files are checked for rotation.
+	// Default 5s; negative means on every handshake.
+	ReloadInterval time.Duration
+	// Insecure dials without TLS. FOR TESTS ONLY.
+	Insecure bool
+	// Logger receives certificate reload messages. Default: discard.
+	Logger *zap.Logger
+}
+
+// Dialer opens connections to agents, sharing one set of TLS files.
+type Dialer struct {
+	creds credentials.TransportCredentials
+}
+
+// NewDialer loads the TLS files (unless Insecure). It fails if they cannot
+// be read, so a misconfigured webhook stops at start.
+func NewDialer(cfg Config) (*Dialer, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Insecure {
+		cfg.Logger.Warn("!!! agent client dials WITHOUT TLS: for tests only !!!")
+		return &Dialer{creds: insecure.NewCredentials()}, nil
+	}
+	interval := cfg.ReloadInterval
+	switch {
+	case interval == 0:
+		interval = 5 * time.Second
+	case interval < 0:
+		interval = 0
+	}
+	src, err := tlsfiles.Load(tlsfiles.Files{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, CAFile: cfg.CAFile},
+		tlsfiles.Options{MinInterval: interval, Logger: cfg.Logger.Named("tls")})
+	if err != nil {
+		return nil, fmt.Errorf("agent client: load TLS files: %w", err)
+	}
+	return &Dialer{creds: &reloadingCreds{src: src, serverName: cfg.ServerName}}, nil
+}
+
+// Client is a connection to one agent. Safe for concurrent use.
+type Client struct {
+	agentv1.AgentServiceClient
+	conn *grpc.ClientConn
+}
+
+// Dial returns a client for the agent at address ("host:port"). Like
+// grpc.NewClient it does not connect yet: the first call does, and fails
+// with Unavailable if the agent cannot be reached or refuses the client.
+// Callers set per-call deadlines (the webhook must fail open quickly).
+func (d *Dialer) Dial(address string, opts ...grpc.DialOption) (*Client, error) {
+	if address == "" {
+		return nil, errors.New("agent client: address is required")
+	}
+	all := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(d.creds),
+		// Agents' server permits pings every 10s; detect dead nodes in ~40s.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	}, opts...)
+	conn, err := grpc.NewClient(address, all...)
+	if err != nil {
+		return nil, fmt.Errorf("agent client: dial %s: %w", address, err)
+	}
+	return &Client{AgentServiceClient: agentv1.NewAgentServiceClient(conn), conn: conn}, nil
+}
+
+// Dial is NewDialer(cfg) then Dial(address), for a one-off connection.
+func Dial(address string, cfg Config, opts ...grpc.DialOption) (*Client, error) {
+	d, err := NewDialer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return d.Dial(address, opts...)
+}
+
+// Conn exposes the underlying connection (state, channelz).
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// Close closes the connection.
+func (c *Client) Close() error {
+	if err := c.conn.Close(); err != nil {
+		return fmt.Errorf("agent client: close: %w", err)
+	}
+	return nil
+}
+
+// reloadingCreds builds the TLS client config from the latest files on each
+// handshake; grpc's own TLS credentials freeze the CA pool at creation.
+type reloadingCreds struct {
+	src        *tlsfiles.Source
+	serverName string
+}
+
+func (c *reloadingCreds) config() *tls.Config {
+	m := c.src.Current()
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		RootCAs:    m.CAs,
+		// Always present our certificate, even when the agent lists other
+		// CAs as acceptable (mid-rotation): its refusal then names the cause.
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return m.Certificate, nil
+		},
+		ServerName: c.serverName,
+	}
+}
+
+func (c *reloadingCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return credentials.NewTLS(c.config()).ClientHandshake(ctx, authority, raw)
+}
+
+func (c *reloadingCreds) ServerHandshake(net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, errors.New("agent client credentials cannot serve")
+}
+
+// Info's ServerName becomes the channel's authority, which grpc's TLS
+// handshake verifies the agent's certificate against.
+func (c *reloadingCreds) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.3", ServerName: c.serverName}
+}
+
+func (c *reloadingCreds) Clone() credentials.TransportCredentials {
+	clone := *c
+	return &clone
+}
+
+// OverrideServerName is deprecated in grpc and unused by it.
+func (c *reloadingCreds) OverrideServerName(name string) error {
+	c.serverName = name
+	return nil
+}

@@ -1,0 +1,137 @@
+package enforcer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/execgate/execgate/internal/testenv"
+)
+
+// attachModes are every way the program hooks exec; each kernel test runs
+// under all of them.
+var attachModes = []AttachMode{AttachLSM, AttachFmodRet, AttachExecKill}
+
+func forEachAttachMode(t *testing.T, fn func(t *testing.T, mode AttachMode)) {
+	for _, mode := range attachModes {
+		t.Run(string(mode), func(t *testing.T) {
+			testenv.RequireBPF(t)
+			requireAttachMode(t, mode)
+			fn(t, mode)
+		})
+	}
+}
+
+// requireAttachMode skips a trampoline mode the kernel refuses, saying why,
+// unless EXECGATE_REQUIRE_TRAMPOLINES=1 demands it. exec_kill needs nothing
+// beyond BPF and is always required under EXECGATE_REQUIRE_BPF.
+func requireAttachMode(t *testing.T, mode AttachMode) {
+	t.Helper()
+	if mode == AttachExecKill {
+		return
+	}
+	if mode == AttachLSM {
+		if ok, _ := BPFLSMActive(); !ok {
+			testenv.Need(t, "EXECGATE_REQUIRE_TRAMPOLINES", `"bpf" in the active LSM list`)
+		}
+	}
+	if err := TrampolinesAvailable(); err != nil {
+		testenv.Need(t, "EXECGATE_REQUIRE_TRAMPOLINES", fmt.Sprintf("a kernel that loads trampoline programs (%v)", err))
+	}
+}
+
+// assertDenied checks how a Protect denial looked to the caller.
+func assertDenied(t *testing.T, mode AttachMode, out string, err error) {
+	t.Helper()
+	if mode == AttachExecKill {
+		var exitErr *exec.ExitError
+		if !errors.As(err, &exitErr) || exitErr.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("denied exec: err = %v, want death by SIGKILL", err)
+		}
+		if out != "" {
+			t.Fatalf("denied binary printed %q: it ran", out)
+		}
+		return
+	}
+	if !errors.Is(err, syscall.EPERM) || !strings.Contains(err.Error(), "operation not permitted") {
+		t.Fatalf("denied exec: err = %v, want EPERM (operation not permitted)", err)
+	}
+}
+
+// newTestEnforcer loads an enforcer pinned in a fresh bpffs directory and
+// removes every pin at cleanup.
+func newTestEnforcer(t *testing.T, mode AttachMode) *Enforcer {
+	t.Helper()
+	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("execgate-test-%d", time.Now().UnixNano()))
+	e, err := New(Config{PinDir: dir, Attach: mode, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() {
+		e.Close()
+		if err := Cleanup(dir); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	if e.AttachMode() != mode {
+		t.Fatalf("attach mode %s, want %s", e.AttachMode(), mode)
+	}
+	return e
+}
+
+// waitEvent returns the next event matching pred, or fails after a timeout.
+func waitEvent(t *testing.T, e *Enforcer, pred func(Event) bool) Event {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case ev := <-e.Events():
+			if pred(ev) {
+				return ev
+			}
+		case <-deadline:
+			t.Fatal("no matching event within 5s")
+		}
+	}
+}
+
+func TestProtectDeniesOutsideAllowlist(t *testing.T) {
+	forEachAttachMode(t, func(t *testing.T, mode AttachMode) {
+		e := newTestEnforcer(t, mode)
+		cg := testenv.NewCgroup(t, "", fmt.Sprintf("execgate-protect-%s", mode))
+		pol := PolicyVersion{Key: "ns/web", Version: 1, Mode: ModeProtect, Containers: map[string]Rules{
+			"app": {Paths: []string{"/usr/bin/true", "/usr/bin/echo"}},
+		}}
+		if applied, err := e.PutPolicy(pol); err != nil || !applied {
+			t.Fatalf("PutPolicy = %v, %v", applied, err)
+		}
+		if err := e.Bind(cg.ID, "ns/web", "app"); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := cg.Run("/usr/bin/echo", "hello"); err != nil || out != "hello\n" {
+			t.Fatalf("allowed echo: %q, %v", out, err)
+		}
+		out, err := cg.Run("/usr/bin/id")
+		assertDenied(t, mode, out, err)
+		ev := waitEvent(t, e, func(ev Event) bool { return ev.Path == "/usr/bin/id" })
+		if (mode == AttachExecKill) != (ev.Flags&FlagKilled != 0) {
+			t.Fatalf("event flags %s in mode %s", ev.Flags, mode)
+		}
+		if ev.Action != ActionDenied || ev.Mode != ModeProtect || ev.Policy != "ns/web" || ev.Container != "app" ||
+			ev.CgroupID != cg.ID || ev.BoundCgroupID != cg.ID || ev.PID == 0 || ev.PPID != uint32(os.Getpid()) {
+			t.Fatalf("event %+v", ev)
+		}
+		// Outside the cgroup the same binary runs.
+		if err := runHost("/usr/bin/id"); err != nil {
+			t.Fatalf("id outside the cgroup: %v", err)
+		}
+	})
+}

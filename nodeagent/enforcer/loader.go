@@ -1,0 +1,625 @@
+package enforcer
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/execgate/execgate/bpf"
+)
+
+// AttachMode says how the program is hooked to security_bprm_creds_for_exec.
+type AttachMode string
+
+const (
+	AttachAuto     AttachMode = "auto"      // the first of lsm, fmod_ret, exec_kill that loads
+	AttachLSM      AttachMode = "lsm"       // BPF LSM (5.7+, boot flag lsm=...,bpf): EPERM
+	AttachFmodRet  AttachMode = "fmod_ret"  // BPF trampoline (5.7+, BTF, no boot flag): EPERM
+	AttachExecKill AttachMode = "exec_kill" // tp_btf/sched_process_exec (5.5+, no trampoline): SIGKILL
+)
+
+// Denies reports how a Protect-mode denial looks to the process: EPERM from
+// execve, or death by SIGKILL before the new image runs an instruction.
+func (m AttachMode) Denies() string {
+	if m == AttachExecKill {
+		return "SIGKILL"
+	}
+	return "EPERM"
+}
+
+// ParseAttachMode validates a flag value.
+func ParseAttachMode(s string) (AttachMode, error) {
+	switch m := AttachMode(s); m {
+	case AttachAuto, AttachLSM, AttachFmodRet, AttachExecKill:
+		return m, nil
+	case "":
+		return AttachAuto, nil
+	}
+	return "", fmt.Errorf("unknown attach mode %q: want auto, lsm, fmod_ret or exec_kill", s)
+}
+
+// Config sizes the maps and says where state is pinned.
+type Config struct {
+	// PinDir is a directory on bpffs (e.g. /sys/fs/bpf/execgate). Empty
+	// means nothing is pinned: state dies with the process (tests only).
+	PinDir string
+	Attach AttachMode
+	// MaxBindings bounds cgroups bound at once: pods x (containers + 1).
+	MaxBindings uint32
+	// MaxExactEntries bounds exact allowlist entries on the node.
+	MaxExactEntries uint32
+	// MaxPrefixEntries bounds directory-prefix entries on the node.
+	MaxPrefixEntries uint32
+	// RingBufferBytes is the event ring size, a power of two >= page size.
+	RingBufferBytes uint32
+	Logger          *zap.Logger
+}
+
+// Defaults for a node with up to 256 pods of 8 containers.
+const (
+	DefaultMaxBindings      = 256 * 9
+	DefaultMaxExactEntries  = 65536
+	DefaultMaxPrefixEntries = 4096
+	DefaultRingBufferBytes  = 1 << 20
+)
+
+func (c *Config) setDefaults() error {
+	if c.Attach == "" {
+		c.Attach = AttachAuto
+	}
+	if _, err := ParseAttachMode(string(c.Attach)); err != nil {
+		return err
+	}
+	if c.MaxBindings == 0 {
+		c.MaxBindings = DefaultMaxBindings
+	}
+	if c.MaxExactEntries == 0 {
+		c.MaxExactEntries = DefaultMaxExactEntries
+	}
+	if c.MaxPrefixEntries == 0 {
+		c.MaxPrefixEntries = DefaultMaxPrefixEntries
+	}
+	if c.RingBufferBytes == 0 {
+		c.RingBufferBytes = DefaultRingBufferBytes
+	}
+	rb := c.RingBufferBytes
+	if rb < uint32(os.Getpagesize()) || rb&(rb-1) != 0 {
+		return fmt.Errorf("ring buffer size %d must be a power of two of at least one page", rb)
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	return nil
+}
+
+// pinned lists the maps whose lifetime is the pin directory's, not the
+// process's: everything the kernel program needs, plus slot metadata.
+var pinned = []string{
+	bpf.ExecgateMapBindings, bpf.ExecgateMapExactRules, bpf.ExecgateMapPrefixRules,
+	bpf.ExecgateMapConfig, bpf.ExecgateMapStats, bpf.ExecgateMapEvents, bpf.ExecgateMapScratch,
+}
+
+const (
+	linkPin     = "link"
+	linkPinNext = "link_next" // bpffs refuses dots in names
+	slotInfoMap = "slot_info"
+)
+
+// Enforcer is the node's handle on the kernel program and its maps.
+type Enforcer struct {
+	cfg    Config
+	log    *zap.Logger
+	attach AttachMode
+	argv   bool
+
+	coll     *ebpf.Collection
+	bindings *ebpf.Map
+	exact    *ebpf.Map
+	prefix   *ebpf.Map
+	stats    *ebpf.Map
+	slotInfo *ebpf.Map
+	grace    *ebpf.Map // ARRAY_OF_MAPS: updating it waits for an RCU grace period
+	graceIn  *ebpf.Map
+	lnk      link.Link
+	key      bpf.ExecgateSiphashKey
+	adopted  bool
+
+	mu       sync.Mutex // serialises every writer of the maps below and of the state
+	policies map[PolicyKey]*policyState
+	slots    map[uint32]*slotState
+	binds    map[uint64]bindingState
+	nextSlot uint32
+	nExact   int
+	nPrefix  int
+
+	retired    *lru.Cache[uint32, slotMeta] // slots of replaced versions, for late events
+	reader     *ringbuf.Reader
+	events     chan Event
+	readerDone chan struct{}
+	bootOffset time.Duration
+	userDrops  uint64
+	closeOnce  sync.Once
+}
+
+// New loads the program or adopts the one pinned in cfg.PinDir, attaches it
+// and starts reading events. The kernel keeps enforcing after Close: only
+// Cleanup removes the program.
+func New(cfg Config) (*Enforcer, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, fmt.Errorf("enforcer config: %w", err)
+	}
+	e := &Enforcer{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		policies: map[PolicyKey]*policyState{},
+		slots:    map[uint32]*slotState{},
+		binds:    map[uint64]bindingState{},
+		nextSlot: 1,
+		events:   make(chan Event, 4096),
+	}
+	e.retired, _ = lru.New[uint32, slotMeta](4096)
+	if err := e.load(); err != nil {
+		e.closeFDs()
+		return nil, err
+	}
+	if err := e.adoptState(); err != nil {
+		e.closeFDs()
+		return nil, fmt.Errorf("adopt pinned state: %w", err)
+	}
+	if err := e.startEvents(); err != nil {
+		e.closeFDs()
+		return nil, err
+	}
+	e.log.Info("enforcer ready", zap.String("attach", string(e.attach)), zap.Bool("adopted", e.adopted),
+		zap.Bool("argv", e.argv), zap.String("pinDir", cfg.PinDir), zap.Int("policies", len(e.policies)),
+		zap.Int("bindings", len(e.binds)))
+	return e, nil
+}
+
+// AttachMode reports the attach mode in use.
+func (e *Enforcer) AttachMode() AttachMode { return e.attach }
+
+// Adopted reports whether state was taken over from a previous process.
+func (e *Enforcer) Adopted() bool { return e.adopted }
+
+func (e *Enforcer) load() error {
+	if e.cfg.PinDir != "" {
+		if err := EnsureBPFFS(e.cfg.PinDir); err != nil {
+			return err
+		}
+	}
+	e.argv = kernelHasTaskPtRegs()
+	var errs []error
+	for _, mode := range candidateModes(e.cfg.Attach) {
+		err := e.loadMode(mode)
+		if err == nil {
+			e.attach = mode
+			if len(errs) > 0 {
+				e.log.Warn("attach modes refused by this kernel", zap.Errors("refused", errs), zap.String("using", string(mode)))
+			}
+			return nil
+		}
+		e.closeFDs()
+		e.coll, e.lnk, e.slotInfo, e.grace, e.graceIn = nil, nil, nil, nil, nil
+		errs = append(errs, fmt.Errorf("%s: %w", mode, err))
+	}
+	return fmt.Errorf("load exec program: %w", errors.Join(errs...))
+}
+
+// candidateModes lists what to try, best first. LSM is only worth trying
+// when "bpf" is an active LSM; a kernel may still refuse trampolines.
+func candidateModes(m AttachMode) []AttachMode {
+	if m != AttachAuto {
+		return []AttachMode{m}
+	}
+	var out []AttachMode
+	if ok, _ := BPFLSMActive(); ok {
+		out = append(out, AttachLSM)
+	}
+	return append(out, AttachFmodRet, AttachExecKill)
+}
+
+var programFor = map[AttachMode]string{
+	AttachLSM:      bpf.ExecgateProgExecgateLsm,
+	AttachFmodRet:  bpf.ExecgateProgExecgateFmodRet,
+	AttachExecKill: bpf.ExecgateProgExecgateExecKill,
+}
+
+func (e *Enforcer) loadMode(mode AttachMode) error {
+	spec, err := bpf.LoadExecgate()
+	if err != nil {
+		return fmt.Errorf("load program spec: %w", err)
+	}
+	keep := programFor[mode]
+	for name := range spec.Programs {
+		if name != keep {
+			delete(spec.Programs, name)
+		}
+	}
+	if err := spec.Variables[bpf.ExecgateVarHaveTaskPtRegs].Set(e.argv && mode != AttachExecKill); err != nil {
+		return fmt.Errorf("set have_task_pt_regs: %w", err)
+	}
+	sizes := map[string]uint32{
+		bpf.ExecgateMapBindings:    e.cfg.MaxBindings,
+		bpf.ExecgateMapExactRules:  e.cfg.MaxExactEntries,
+		bpf.ExecgateMapPrefixRules: e.cfg.MaxPrefixEntries,
+		bpf.ExecgateMapEvents:      e.cfg.RingBufferBytes,
+	}
+	for name, size := range sizes {
+		spec.Maps[name].MaxEntries = size
+	}
+	opts := ebpf.CollectionOptions{}
+	if e.cfg.PinDir != "" {
+		opts.Maps.PinPath = e.cfg.PinDir
+		for _, name := range pinned {
+			spec.Maps[name].Pinning = ebpf.PinByName
+			e.adoptPinnedSize(spec.Maps[name])
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
+	if err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return fmt.Errorf("load program: %+v", verr)
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return fmt.Errorf("pinned maps in %s do not match this agent's program (remove them with --cleanup): %w", e.cfg.PinDir, err)
+		}
+		return fmt.Errorf("load program: %w", err)
+	}
+	e.coll = coll
+	e.bindings = coll.Maps[bpf.ExecgateMapBindings]
+	e.exact = coll.Maps[bpf.ExecgateMapExactRules]
+	e.prefix = coll.Maps[bpf.ExecgateMapPrefixRules]
+	e.stats = coll.Maps[bpf.ExecgateMapStats]
+	// Map sizes may come from an adopted pin: the kernel's are the truth.
+	e.cfg.MaxBindings = e.bindings.MaxEntries()
+	e.cfg.MaxExactEntries = e.exact.MaxEntries()
+	e.cfg.MaxPrefixEntries = e.prefix.MaxEntries()
+
+	if err := e.openSlotInfo(); err != nil {
+		return err
+	}
+	if err := e.openGrace(); err != nil {
+		return err
+	}
+	if err := e.loadKey(coll.Maps[bpf.ExecgateMapConfig]); err != nil {
+		return err
+	}
+	// The key must be in the map before the program can run.
+	return e.attachProgram(mode, coll.Programs[keep])
+}
+
+// adoptPinnedSize keeps the size of an already pinned map, so a changed flag
+// does not make the pin "incompatible" and force a protection gap.
+func (e *Enforcer) adoptPinnedSize(ms *ebpf.MapSpec) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(e.cfg.PinDir, ms.Name), nil)
+	if err != nil {
+		return
+	}
+	defer m.Close()
+	if m.MaxEntries() != ms.MaxEntries {
+		e.log.Warn("keeping the size of the pinned map; run --cleanup to resize",
+			zap.String("map", ms.Name), zap.Uint32("pinned", m.MaxEntries()), zap.Uint32("requested", ms.MaxEntries))
+		ms.MaxEntries = m.MaxEntries()
+	}
+}
+
+// slotInfo value: metadata of one slot, read back when a new process adopts
+// the pins. The kernel never reads it.
+type slotInfoValue struct {
+	Version   uint64
+	Mode      uint8
+	HasPrefix uint8
+	_         [6]uint8
+	Policy    [MaxPolicyKeyLen]byte
+	Container [256]byte
+}
+
+func (e *Enforcer) openSlotInfo() error {
+	spec := &ebpf.MapSpec{
+		Name:       slotInfoMap,
+		Type:       ebpf.Hash,
+		KeySize:    4,
+		ValueSize:  uint32(binary.Size(slotInfoValue{})),
+		MaxEntries: 2*e.cfg.MaxBindings + 64,
+		Flags:      unix.BPF_F_NO_PREALLOC,
+	}
+	opts := ebpf.MapOptions{}
+	if e.cfg.PinDir != "" {
+		spec.Pinning = ebpf.PinByName
+		opts.PinPath = e.cfg.PinDir
+		e.adoptPinnedSize(spec)
+	}
+	m, err := ebpf.NewMapWithOptions(spec, opts)
+	if err != nil {
+		return fmt.Errorf("create slot_info map: %w", err)
+	}
+	e.slotInfo = m
+	return nil
+}
+
+func (e *Enforcer) openGrace() error {
+	inner := &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+	in, err := ebpf.NewMap(inner)
+	if err != nil {
+		return fmt.Errorf("create grace inner map: %w", err)
+	}
+	outer, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 1, InnerMap: inner})
+	if err != nil {
+		in.Close()
+		return fmt.Errorf("create grace map: %w", err)
+	}
+	e.grace, e.graceIn = outer, in
+	return nil
+}
+
+// waitGrace returns once every program run that started before the call has
+// finished: the kernel calls synchronize_rcu() after a map-in-map update, and
+// our program runs under rcu_read_lock.
+func (e *Enforcer) waitGrace() error {
+	if err := e.grace.Update(uint32(0), e.graceIn, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("wait for rcu grace period: %w", err)
+	}
+	return nil
+}
+
+func (e *Enforcer) loadKey(m *ebpf.Map) error {
+	var k bpf.ExecgateSiphashKey
+	if err := m.Lookup(uint32(0), &k); err != nil {
+		return fmt.Errorf("read hash key: %w", err)
+	}
+	if k.K0 != 0 || k.K1 != 0 {
+		e.key = k
+		return nil
+	}
+	var raw [16]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return fmt.Errorf("generate hash key: %w", err)
+	}
+	k.K0 = binary.LittleEndian.Uint64(raw[:8])
+	k.K1 = binary.LittleEndian.Uint64(raw[8:])
+	if err := m.Update(uint32(0), &k, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write hash key: %w", err)
+	}
+	e.key = k
+	return nil
+}
+
+// attachProgram hooks prog, or keeps the pinned link when it already runs
+// the same program. When it does not, the new link is attached before the
+// old one is dropped: both consult the same maps, so there is no gap.
+func (e *Enforcer) attachProgram(mode AttachMode, prog *ebpf.Program) error {
+	var old link.Link
+	if e.cfg.PinDir != "" {
+		l, err := link.LoadPinnedLink(filepath.Join(e.cfg.PinDir, linkPin), nil)
+		switch {
+		case err == nil:
+			old = l
+			e.adopted = true
+		case errors.Is(err, os.ErrNotExist):
+		default:
+			return fmt.Errorf("load pinned link: %w", err)
+		}
+	}
+	if old != nil && sameProgram(old, prog) {
+		e.lnk = old
+		return nil
+	}
+	var (
+		l   link.Link
+		err error
+	)
+	switch mode {
+	case AttachLSM:
+		l, err = link.AttachLSM(link.LSMOptions{Program: prog})
+	case AttachFmodRet:
+		l, err = link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachModifyReturn})
+	default:
+		l, err = link.AttachTracing(link.TracingOptions{Program: prog})
+	}
+	if err != nil {
+		if old != nil {
+			old.Close()
+		}
+		return fmt.Errorf("attach %s: %w", mode, err)
+	}
+	if e.cfg.PinDir != "" {
+		next := filepath.Join(e.cfg.PinDir, linkPinNext)
+		_ = os.Remove(next)
+		if err := l.Pin(next); err != nil {
+			l.Close()
+			if old != nil {
+				old.Close()
+			}
+			return fmt.Errorf("pin link: %w", err)
+		}
+		if old != nil {
+			_ = old.Unpin()
+			old.Close()
+		}
+		if err := os.Rename(next, filepath.Join(e.cfg.PinDir, linkPin)); err != nil {
+			return fmt.Errorf("rename pinned link: %w", err)
+		}
+	}
+	e.lnk = l
+	return nil
+}
+
+func sameProgram(l link.Link, prog *ebpf.Program) bool {
+	info, err := l.Info()
+	if err != nil {
+		return false
+	}
+	oldProg, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		return false
+	}
+	defer oldProg.Close()
+	oi, err1 := oldProg.Info()
+	ni, err2 := prog.Info()
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return oi.Tag == ni.Tag && oi.Type == ni.Type
+}
+
+// BPFLSMActive reports whether "bpf" is in the running kernel's LSM list,
+// mounting securityfs if nothing did yet.
+func BPFLSMActive() (bool, error) {
+	const lsmFile = "/sys/kernel/security/lsm"
+	b, err := os.ReadFile(lsmFile)
+	if errors.Is(err, os.ErrNotExist) {
+		if merr := unix.Mount("securityfs", "/sys/kernel/security", "securityfs", 0, ""); merr != nil {
+			return false, fmt.Errorf("mount securityfs: %w", merr)
+		}
+		b, err = os.ReadFile(lsmFile)
+	}
+	if err != nil {
+		return false, fmt.Errorf("read LSM list: %w", err)
+	}
+	for _, name := range strings.Split(strings.TrimSpace(string(b)), ",") {
+		if name == "bpf" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// kernelHasTaskPtRegs: bpf_task_pt_regs (5.15) lets the program read argv
+// from the exec syscall's registers.
+func kernelHasTaskPtRegs() bool {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return false
+	}
+	var fn *btf.Enum
+	if err := spec.TypeByName("bpf_func_id", &fn); err != nil {
+		return false
+	}
+	for _, v := range fn.Values {
+		if v.Name == "BPF_FUNC_task_pt_regs" {
+			return true
+		}
+	}
+	return false
+}
+
+// EnsureBPFFS makes dir usable for pins: it must be on a bpf filesystem; if
+// /sys/fs/bpf is not mounted yet, it is mounted.
+func EnsureBPFFS(dir string) error {
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("pin directory %q must be absolute", dir)
+	}
+	onBPF := func(p string) bool {
+		var st unix.Statfs_t
+		return unix.Statfs(p, &st) == nil && st.Type == unix.BPF_FS_MAGIC
+	}
+	anc := dir
+	for {
+		if _, err := os.Stat(anc); err == nil {
+			break
+		}
+		anc = filepath.Dir(anc)
+	}
+	if !onBPF(anc) {
+		const std = "/sys/fs/bpf"
+		if dir != std && !strings.HasPrefix(dir, std+"/") {
+			return fmt.Errorf("pin directory %s is not on a bpf filesystem", dir)
+		}
+		if err := unix.Mount("bpf", std, "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount bpffs at %s: %w", std, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory: %w", err)
+	}
+	return nil
+}
+
+// Cleanup removes every pin execgate made in dir. Once no process holds the
+// link, the kernel detaches the program: enforcement stops.
+func Cleanup(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read pin directory: %w", err)
+	}
+	var errs []error
+	for _, ent := range entries {
+		if err := os.Remove(filepath.Join(dir, ent.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops reading events and releases this process's handles. Pinned
+// state stays in the kernel and keeps enforcing.
+func (e *Enforcer) Close() error {
+	e.closeOnce.Do(func() {
+		if e.reader != nil {
+			e.reader.Close()
+			<-e.readerDone
+		}
+		e.closeFDs()
+	})
+	return nil
+}
+
+func (e *Enforcer) closeFDs() {
+	if e.lnk != nil {
+		e.lnk.Close()
+	}
+	for _, m := range []*ebpf.Map{e.slotInfo, e.grace, e.graceIn} {
+		if m != nil {
+			m.Close()
+		}
+	}
+	if e.coll != nil {
+		e.coll.Close()
+	}
+}
+
+func cString(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
+
+// TrampolinesAvailable loads (and drops) a minimal fentry program: some
+// kernels refuse every trampoline program (fentry, fmod_ret, lsm) even to
+// root, and only exec_kill can work there.
+func TrampolinesAvailable() error {
+	spec := &ebpf.ProgramSpec{
+		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFEntry, AttachTo: "security_bprm_creds_for_exec",
+		License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	}
+	p, err := ebpf.NewProgram(spec)
+	if err != nil {
+		return fmt.Errorf("kernel refuses trampoline programs: %w", err)
+	}
+	return p.Close()
+}

@@ -1,0 +1,201 @@
+package enforcer
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Mode is what a binding does with an executable outside its allowlist.
+type Mode uint8
+
+const (
+	ModeLearn   Mode = 1 // allow and record
+	ModeMonitor Mode = 2 // allow and report
+	ModeProtect Mode = 3 // deny with EPERM and report
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeLearn:
+		return "Learn"
+	case ModeMonitor:
+		return "Monitor"
+	case ModeProtect:
+		return "Protect"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// ParseMode accepts the CRD spellings, case-insensitively.
+func ParseMode(s string) (Mode, error) {
+	switch strings.ToLower(s) {
+	case "learn":
+		return ModeLearn, nil
+	case "monitor":
+		return ModeMonitor, nil
+	case "protect":
+		return ModeProtect, nil
+	}
+	return 0, fmt.Errorf("unknown mode %q: want Learn, Monitor or Protect", s)
+}
+
+// Action is what the kernel did with an exec outside the allowlist.
+type Action uint8
+
+const (
+	ActionLearned  Action = 1
+	ActionReported Action = 2
+	ActionDenied   Action = 3
+)
+
+func (a Action) String() string {
+	switch a {
+	case ActionLearned:
+		return "learned"
+	case ActionReported:
+		return "reported"
+	case ActionDenied:
+		return "denied"
+	}
+	return fmt.Sprintf("Action(%d)", uint8(a))
+}
+
+// PolicyKey names a policy; the enforcer treats it as opaque.
+type PolicyKey string
+
+// UnionContainer is the container name of the slot that holds the union of
+// every container's rules; it is what a pod-level cgroup is bound to.
+const UnionContainer = ""
+
+// Rules is one container's allowlist. A path ending in "/" is a directory
+// prefix rule: it allows every file below that directory.
+type Rules struct {
+	Paths []string
+}
+
+// PolicyVersion is one version of a policy as the kernel will enforce it.
+type PolicyVersion struct {
+	Key        PolicyKey
+	Version    uint64
+	Mode       Mode
+	Containers map[string]Rules // container name -> rules; must not use ""
+}
+
+// Limits of one request, enforced before anything is written.
+const (
+	MaxPathLen        = 4095 // PATH_MAX without the NUL
+	MaxPrefixLen      = 252  // bytes of path the LPM key holds
+	MaxPathsPerRules  = 1024
+	MaxContainers     = 64
+	MaxPolicyKeyLen   = 256
+	MaxContainerName  = 253
+	maxSlotInfoKeyLen = 191
+)
+
+// ErrCapacity reports that a map is full; nothing was written.
+var ErrCapacity = errors.New("enforcer capacity exceeded")
+
+// ValidatePath checks one allowlist entry and says what to fix.
+func ValidatePath(p string) error {
+	switch {
+	case p == "":
+		return errors.New("empty path")
+	case strings.IndexByte(p, 0) >= 0:
+		return fmt.Errorf("path %q contains a NUL byte", p)
+	case !strings.HasPrefix(p, "/"):
+		return fmt.Errorf("path %q is not absolute: it must start with /", p)
+	case len(p) > MaxPathLen:
+		return fmt.Errorf("path of %d bytes is longer than PATH_MAX (%d)", len(p), MaxPathLen)
+	case p == "/":
+		return errors.New(`path "/" would allow every file: list directories such as /usr/bin/ instead`)
+	}
+	body := strings.TrimSuffix(p, "/")
+	for i, seg := range strings.Split(body, "/")[1:] {
+		switch seg {
+		case "":
+			return fmt.Errorf("path %q has an empty segment (//) at component %d: the kernel reports canonical paths", p, i+1)
+		case ".", "..":
+			return fmt.Errorf("path %q has a %q segment: the kernel reports resolved paths, write the canonical one", p, seg)
+		}
+	}
+	if strings.HasSuffix(p, "/") && len(p) > MaxPrefixLen {
+		return fmt.Errorf("directory prefix %q is %d bytes: prefix rules are limited to %d", p, len(p), MaxPrefixLen)
+	}
+	return nil
+}
+
+// Validate checks a whole policy version; the error names the first bad field.
+func (p PolicyVersion) Validate() error {
+	if p.Key == "" || len(p.Key) > MaxPolicyKeyLen {
+		return fmt.Errorf("policy key must be 1-%d bytes, got %d", MaxPolicyKeyLen, len(p.Key))
+	}
+	if strings.IndexByte(string(p.Key), 0) >= 0 {
+		return errors.New("policy key contains a NUL byte")
+	}
+	if p.Mode < ModeLearn || p.Mode > ModeProtect {
+		return fmt.Errorf("policy %s: unknown mode %d", p.Key, p.Mode)
+	}
+	if len(p.Containers) > MaxContainers {
+		return fmt.Errorf("policy %s: %d containers, at most %d", p.Key, len(p.Containers), MaxContainers)
+	}
+	for name, r := range p.Containers {
+		if name == UnionContainer || len(name) > MaxContainerName || strings.IndexByte(name, 0) >= 0 {
+			return fmt.Errorf("policy %s: invalid container name %q", p.Key, name)
+		}
+		if len(r.Paths) > MaxPathsPerRules {
+			return fmt.Errorf("policy %s container %s: %d paths, at most %d", p.Key, name, len(r.Paths), MaxPathsPerRules)
+		}
+		for i, path := range r.Paths {
+			if err := ValidatePath(path); err != nil {
+				return fmt.Errorf("policy %s container %s path[%d]: %w", p.Key, name, i, err)
+			}
+		}
+	}
+	return nil
+}
+
+// compiledRules is one slot's content: exact paths and directory prefixes,
+// deduplicated and sorted so that equal rules compare equal.
+type compiledRules struct {
+	exact    []string
+	prefixes []string
+}
+
+func compile(paths ...[]string) compiledRules {
+	seen := map[string]bool{}
+	var c compiledRules
+	for _, list := range paths {
+		for _, p := range list {
+			if seen[p] {
+				continue
+			}
+			seen[p] = true
+			if strings.HasSuffix(p, "/") {
+				c.prefixes = append(c.prefixes, p)
+			} else {
+				c.exact = append(c.exact, p)
+			}
+		}
+	}
+	sort.Strings(c.exact)
+	sort.Strings(c.prefixes)
+	return c
+}
+
+// compileSlots returns the rules of every slot of a policy version: one per
+// container, the union slot, and the wildcard slot (empty unless listed).
+func compileSlots(p PolicyVersion) map[string]compiledRules {
+	out := make(map[string]compiledRules, len(p.Containers)+1)
+	all := make([][]string, 0, len(p.Containers))
+	for name, r := range p.Containers {
+		out[name] = compile(r.Paths)
+		all = append(all, r.Paths)
+	}
+	out[UnionContainer] = compile(all...)
+	if _, ok := out[WildcardContainer]; !ok {
+		out[WildcardContainer] = compiledRules{}
+	}
+	return out
+}

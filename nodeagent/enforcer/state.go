@@ -1,0 +1,375 @@
+package enforcer
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"sort"
+
+	"github.com/cilium/ebpf"
+	"github.com/dchest/siphash"
+	"go.uber.org/zap"
+
+	"github.com/execgate/execgate/bpf"
+)
+
+// WildcardContainer names the rules for containers a policy does not list.
+const WildcardContainer = "*"
+
+// slotMeta is what an event needs to name the policy that decided it.
+type slotMeta struct {
+	key       PolicyKey
+	version   uint64
+	mode      Mode
+	container string
+}
+
+type slotState struct {
+	id        uint32
+	meta      slotMeta
+	hasPrefix bool
+	exact     []bpf.ExecgateExactKey
+	prefix    []bpf.ExecgatePrefixKey
+}
+
+type policyState struct {
+	key     PolicyKey
+	version uint64
+	mode    Mode
+	slots   map[string]uint32 // container name ("" = union) -> slot
+}
+
+type bindingState struct {
+	key       PolicyKey
+	container string
+}
+
+// PutPolicy loads a policy version. A version not newer than the loaded one
+// is a no-op (applied=false): late or repeated pushes never roll back. For a
+// loaded policy every bound cgroup switches to the new version atomically.
+func (e *Enforcer) PutPolicy(p PolicyVersion) (applied bool, err error) {
+	if err := p.Validate(); err != nil {
+		return false, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+
+	cur := e.policies[p.Key]
+	if cur != nil && p.Version <= cur.version {
+		return false, nil
+	}
+	next, err := e.buildSlots(p)
+	if err != nil {
+		return false, err
+	}
+	if cur != nil {
+		if err := e.switchBindings(p.Key, next); err != nil {
+			e.dropSlots(next.slots)
+			return false, err
+		}
+		if err := e.retire(cur); err != nil {
+			// The new version is in force; the old entries leak until the
+			// next sweep. Report, but do not undo a finished switch.
+			e.log.Error("delete replaced policy version", zap.String("policy", string(p.Key)), zap.Error(err))
+		}
+	}
+	e.policies[p.Key] = next
+	return true, nil
+}
+
+// ErrInvalid wraps every validation error.
+var ErrInvalid = errors.New("invalid input")
+
+// ErrNotFound reports an unknown policy or binding.
+var ErrNotFound = errors.New("not found")
+
+// ErrInUse reports a policy that cgroups are still bound to.
+var ErrInUse = errors.New("policy still bound")
+
+// buildSlots writes every slot of p beside whatever is loaded. On error
+// nothing it wrote remains.
+func (e *Enforcer) buildSlots(p PolicyVersion) (*policyState, error) {
+	compiled := compileSlots(p)
+	names := make([]string, 0, len(compiled))
+	nExact, nPrefix := 0, 0
+	for name, c := range compiled {
+		names = append(names, name)
+		nExact += len(c.exact)
+		nPrefix += len(c.prefixes)
+	}
+	sort.Strings(names)
+	if e.nExact+nExact > int(e.cfg.MaxExactEntries) {
+		return nil, fmt.Errorf("%w: policy %s needs %d exact entries, %d of %d in use", ErrCapacity, p.Key, nExact, e.nExact, e.cfg.MaxExactEntries)
+	}
+	if e.nPrefix+nPrefix > int(e.cfg.MaxPrefixEntries) {
+		return nil, fmt.Errorf("%w: policy %s needs %d prefix entries, %d of %d in use", ErrCapacity, p.Key, nPrefix, e.nPrefix, e.cfg.MaxPrefixEntries)
+	}
+	if len(e.slots)+len(names) > int(e.slotInfo.MaxEntries()) {
+		return nil, fmt.Errorf("%w: %d allowlist slots in use", ErrCapacity, len(e.slots))
+	}
+	ps := &policyState{key: p.Key, version: p.Version, mode: p.Mode, slots: map[string]uint32{}}
+	for _, name := range names {
+		s := &slotState{id: e.allocSlot(), meta: slotMeta{key: p.Key, version: p.Version, mode: p.Mode, container: name}}
+		if err := e.writeSlot(s, compiled[name]); err != nil {
+			e.deleteSlotEntries(s)
+			e.dropSlots(ps.slots)
+			return nil, fmt.Errorf("load policy %s container %q: %w", p.Key, name, err)
+		}
+		e.slots[s.id] = s
+		ps.slots[name] = s.id
+	}
+	return ps, nil
+}
+
+func (e *Enforcer) allocSlot() uint32 {
+	for {
+		id := e.nextSlot
+		e.nextSlot++
+		if e.nextSlot == 0 {
+			e.nextSlot = 1
+		}
+		if id == 0 {
+			continue // 0 is never a slot: a zeroed binding matches nothing
+		}
+		if _, used := e.slots[id]; !used {
+			return id
+		}
+	}
+}
+
+func (e *Enforcer) writeSlot(s *slotState, c compiledRules) error {
+	one := uint8(1)
+	for _, p := range c.exact {
+		k := bpf.ExecgateExactKey{Slot: s.id, Hash: e.hashPath(p)}
+		if err := e.exact.Update(&k, &one, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write exact entry %q: %w", p, err)
+		}
+		s.exact = append(s.exact, k)
+		e.nExact++
+	}
+	for _, p := range c.prefixes {
+		k := prefixKey(s.id, p)
+		if err := e.prefix.Update(&k, &one, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write prefix entry %q: %w", p, err)
+		}
+		s.prefix = append(s.prefix, k)
+		e.nPrefix++
+	}
+	s.hasPrefix = len(s.prefix) > 0
+	info := slotInfoValue{Version: s.meta.version, Mode: uint8(s.meta.mode)}
+	if s.hasPrefix {
+		info.HasPrefix = 1
+	}
+	copy(info.Policy[:], s.meta.key)
+	copy(info.Container[:], s.meta.container)
+	if err := e.slotInfo.Update(s.id, &info, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write slot info: %w", err)
+	}
+	return nil
+}
+
+// HashPath is the SipHash-2-4 of a path under this node's key: the value the
+// kernel program computes for the file being executed.
+func (e *Enforcer) hashPath(p string) uint64 {
+	return siphash.Hash(e.key.K0, e.key.K1, []byte(p))
+}
+
+func prefixKey(slot uint32, p string) bpf.ExecgatePrefixKey {
+	k := bpf.ExecgatePrefixKey{Prefixlen: uint32(32 + 8*len(p))}
+	// LPM keys compare bytes in order, so the slot is stored big endian.
+	k.SlotBe = bits.ReverseBytes32(slot)
+	copy(k.Path[:], p)
+	return k
+}
+
+func (e *Enforcer) deleteSlotEntries(s *slotState) {
+	for i := range s.exact {
+		if err := e.exact.Delete(&s.exact[i]); err == nil {
+			e.nExact--
+		}
+	}
+	for i := range s.prefix {
+		if err := e.prefix.Delete(&s.prefix[i]); err == nil {
+			e.nPrefix--
+		}
+	}
+	s.exact, s.prefix = nil, nil
+	_ = e.slotInfo.Delete(s.id)
+}
+
+func (e *Enforcer) dropSlots(slots map[string]uint32) {
+	for _, id := range slots {
+		if s := e.slots[id]; s != nil {
+			e.deleteSlotEntries(s)
+			delete(e.slots, id)
+		}
+	}
+}
+
+// slotFor picks the slot a container of policy ps is bound to: its own
+// rules, else the wildcard rules (which compileSlots always creates, empty
+// when the policy has none: an unlisted container may run nothing).
+func (ps *policyState) slotFor(container string) uint32 {
+	if id, ok := ps.slots[container]; ok {
+		return id
+	}
+	return ps.slots[WildcardContainer]
+}
+
+func (e *Enforcer) bindingValue(ps *policyState, container string) bpf.ExecgateBinding {
+	id := ps.slotFor(container)
+	v := bpf.ExecgateBinding{Slot: id, Mode: uint8(ps.mode)}
+	if s := e.slots[id]; s != nil && s.hasPrefix {
+		v.Flags = uint8(bpf.ExecgateBindingFlagsBINDING_HAS_PREFIX)
+	}
+	return v
+}
+
+// switchBindings points every cgroup bound to key at next. Each map update
+// replaces one value atomically; on error the switched ones are put back.
+func (e *Enforcer) switchBindings(key PolicyKey, next *policyState) error {
+	cur := e.policies[key]
+	var done []uint64
+	for cg, b := range e.binds {
+		if b.key != key {
+			continue
+		}
+		v := e.bindingValue(next, b.container)
+		if err := e.bindings.Update(cg, &v, ebpf.UpdateExist); err != nil {
+			for _, back := range done {
+				old := e.bindingValue(cur, e.binds[back].container)
+				_ = e.bindings.Update(back, &old, ebpf.UpdateExist)
+			}
+			return fmt.Errorf("switch cgroup %d to policy %s version %d: %w", cg, key, next.version, err)
+		}
+		done = append(done, cg)
+	}
+	return nil
+}
+
+// retire deletes a replaced or removed version once no program run can
+// still be using it.
+func (e *Enforcer) retire(ps *policyState) error {
+	if err := e.waitGrace(); err != nil {
+		return err
+	}
+	for _, id := range ps.slots {
+		if s := e.slots[id]; s != nil {
+			e.retired.Add(id, s.meta)
+			e.deleteSlotEntries(s)
+			delete(e.slots, id)
+		}
+	}
+	return nil
+}
+
+// DeletePolicy removes a policy that no cgroup is bound to.
+func (e *Enforcer) DeletePolicy(key PolicyKey) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ps := e.policies[key]
+	if ps == nil {
+		return fmt.Errorf("policy %s: %w", key, ErrNotFound)
+	}
+	for cg, b := range e.binds {
+		if b.key == key {
+			return fmt.Errorf("policy %s: cgroup %d: %w", key, cg, ErrInUse)
+		}
+	}
+	if err := e.retire(ps); err != nil {
+		return err
+	}
+	delete(e.policies, key)
+	return nil
+}
+
+// Bind makes cgroupID (and, through the ancestor walk, every cgroup below
+// it) run under policy key with the rules of container ("" = the union of
+// all containers, for a pod-level cgroup). Rebinding replaces atomically.
+func (e *Enforcer) Bind(cgroupID uint64, key PolicyKey, container string) error {
+	if cgroupID <= 1 {
+		return fmt.Errorf("%w: cgroup id %d is the root or invalid: binding it would cover the whole node", ErrInvalid, cgroupID)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ps := e.policies[key]
+	if ps == nil {
+		return fmt.Errorf("bind cgroup %d: policy %s: %w", cgroupID, key, ErrNotFound)
+	}
+	if _, exists := e.binds[cgroupID]; !exists && len(e.binds) >= int(e.cfg.MaxBindings) {
+		return fmt.Errorf("%w: %d cgroups bound", ErrCapacity, len(e.binds))
+	}
+	v := e.bindingValue(ps, container)
+	if err := e.bindings.Update(cgroupID, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("bind cgroup %d: %w", cgroupID, err)
+	}
+	e.binds[cgroupID] = bindingState{key: key, container: container}
+	return nil
+}
+
+// Unbind removes a cgroup's binding; an unknown cgroup is not an error.
+func (e *Enforcer) Unbind(cgroupID uint64) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.bindings.Delete(cgroupID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("unbind cgroup %d: %w", cgroupID, err)
+	}
+	delete(e.binds, cgroupID)
+	return nil
+}
+
+// Binding says what a cgroup is bound to.
+type Binding struct {
+	CgroupID  uint64
+	Policy    PolicyKey
+	Container string
+}
+
+// Bindings lists every bound cgroup.
+func (e *Enforcer) Bindings() []Binding {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Binding, 0, len(e.binds))
+	for cg, b := range e.binds {
+		out = append(out, Binding{CgroupID: cg, Policy: b.key, Container: b.container})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CgroupID < out[j].CgroupID })
+	return out
+}
+
+// LoadedPolicy describes one loaded policy version.
+type LoadedPolicy struct {
+	Key     PolicyKey
+	Version uint64
+	Mode    Mode
+	Slots   int
+	Entries int
+}
+
+// Policies lists the loaded policies.
+func (e *Enforcer) Policies() []LoadedPolicy {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]LoadedPolicy, 0, len(e.policies))
+	for _, ps := range e.policies {
+		lp := LoadedPolicy{Key: ps.key, Version: ps.version, Mode: ps.mode, Slots: len(ps.slots)}
+		for _, id := range ps.slots {
+			if s := e.slots[id]; s != nil {
+				lp.Entries += len(s.exact) + len(s.prefix)
+			}
+		}
+		out = append(out, lp)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+// PolicyVersionOf reports the loaded version of key.
+func (e *Enforcer) PolicyVersionOf(key PolicyKey) (uint64, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if ps := e.policies[key]; ps != nil {
+		return ps.version, true
+	}
+	return 0, false
+}

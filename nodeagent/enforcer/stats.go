@@ -1,6 +1,7 @@
 package enforcer
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"sync/atomic"
@@ -105,7 +106,7 @@ func (e *Enforcer) CountEntries(name string) (int, error) {
 	)
 	for {
 		if err := m.NextKey(prev, &next); err != nil {
-			if err == ebpf.ErrKeyNotExist {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
 				return n, nil
 			}
 			return n, fmt.Errorf("iterate %s: %w", name, err)

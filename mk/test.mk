@@ -1,0 +1,34 @@
+# Generation, tests and CI. `make test` is the one command CI runs: it builds
+# what the tests need (control-plane tools, once), checks generated code is
+# current, and runs every Go test, including the real-kernel and real
+# control-plane ones.
+GOTEST_FLAGS ?= -count=1 -timeout 45m
+
+.PHONY: generate-bpf deps
+generate: generate-bpf generate-api
+
+# bpf2go output (*_bpfel.go + .o) is committed; Debian's clang builds it.
+generate-bpf:
+	cd bpf && $(GO) generate .
+
+# System packages a fresh Debian machine lacks. Only installs what is missing.
+deps:
+	@missing=""; \
+	for p in clang:clang llvm-strip:llvm bpftool:bpftool protoc:protobuf-compiler ip:iproute2; do \
+		command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; \
+	done; \
+	[ -f /usr/include/bpf/bpf_helpers.h ] || missing="$$missing libbpf-dev"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# Regenerates everything and fails if the committed files differ.
+verify-generated: deps
+	$(MAKE) generate
+	@git diff --exit-code --stat -- bpf api proto deploy/helm/execgate/crds || \
+		{ echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
+
+test: deps tools verify-generated
+	$(GO) vet ./...
+	$(GO) test $(GOTEST_FLAGS) ./...

@@ -1,0 +1,68 @@
+// Command execgate-agent is execgate's node agent: it enforces the pod
+// policies pushed by the webhook (gRPC, mTLS) on this node's cgroups.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/execgate/execgate/nodeagent/agent"
+	"github.com/execgate/execgate/nodeagent/enforcer"
+)
+
+func main() {
+	var cfg agent.Config
+	var cleanup bool
+	flag.StringVar(&cfg.NodeName, "node-name", "", "name of this node (required)")
+	flag.StringVar(&cfg.GRPCAddr, "grpc-addr", ":9443", "address of the agent gRPC API")
+	flag.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serving certificate (PEM)")
+	flag.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "serving key (PEM)")
+	flag.StringVar(&cfg.ClientCAFile, "client-ca-file", "", "CA bundle client certificates must chain to")
+	flag.StringVar(&cfg.ClientName, "client-name", "execgate-controller", "identity (CN or SAN) a client certificate must carry")
+	flag.BoolVar(&cfg.InsecureForTesting, "insecure-for-testing", false, "serve gRPC without TLS or client authentication: FOR TESTS ONLY")
+	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9090", "address of /metrics (empty disables)")
+	flag.StringVar(&cfg.HealthAddr, "health-addr", ":9091", "address of /healthz and /readyz (empty disables)")
+	flag.StringVar(&cfg.BPFFS, "bpffs", "/sys/fs/bpf/execgate", "bpffs directory for execgate's pins")
+	flag.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup2 mount point (empty = discover)")
+	flag.StringVar(&cfg.CgroupDriver, "cgroup-driver", "systemd", "kubelet cgroup driver: systemd or cgroupfs")
+	flag.StringVar(&cfg.KubeletCgroupParent, "kubelet-cgroup-parent", "", "directory under the cgroup root holding the kubelet's kubepods tree")
+	flag.StringVar(&cfg.AttachMode, "attach-mode", "auto", "exec hook: auto, lsm, fmod_ret or exec_kill")
+	flag.IntVar(&cfg.MaxPods, "max-pods", 256, "pods this node may enforce (sizes the kernel maps and the pending set)")
+	flag.IntVar(&cfg.MaxEntries, "max-entries", 65536, "exact allowlist entries across all policies")
+	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for the backstop watch (empty = in-cluster, or no backstop)")
+	flag.DurationVar(&cfg.GCInterval, "gc-interval", 30*time.Second, "period of the sweep that drops dead cgroups and unused policies")
+	flag.BoolVar(&cleanup, "cleanup", false, "remove every pin in --bpffs (stops enforcement) and exit")
+	flag.Parse()
+
+	log, err := zap.NewProduction()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "execgate-agent: logger:", err)
+		os.Exit(1)
+	}
+	defer func() { _ = log.Sync() }()
+	if cleanup {
+		if err := enforcer.Cleanup(cfg.BPFFS); err != nil {
+			log.Fatal("cleanup failed", zap.String("bpffs", cfg.BPFFS), zap.Error(err))
+		}
+		log.Warn("removed every execgate pin: enforcement stopped on this node", zap.String("bpffs", cfg.BPFFS))
+		return
+	}
+	if cfg.InsecureForTesting {
+		log.Warn("!!! --insecure-for-testing: the agent API has NO TLS and NO client authentication; anyone who can reach it controls enforcement !!!")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := agent.Run(ctx, cfg, log); err != nil {
+		log.Error("agent stopped", zap.Error(err))
+		stop()
+		_ = log.Sync()
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,601 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/execgate/execgate/nodeagent/cgroups"
+	"github.com/execgate/execgate/nodeagent/enforcer"
+	"github.com/execgate/execgate/nodeagent/podpolicy"
+	"github.com/execgate/execgate/nodeagent/server"
+	agentv1 "github.com/execgate/execgate/proto/execgate/agent/v1"
+)
+
+// Options are an Agent's dependencies and limits.
+type Options struct {
+	NodeName string
+	Enforcer *enforcer.Enforcer
+	// Layout says where the kubelet creates pod and container cgroups.
+	Layout cgroups.Layout
+	// MaxPending bounds the pods accepted before their cgroup exists
+	// (default 256); the least recently pushed one is dropped beyond it.
+	MaxPending int
+	// PendingTTL is how long a pod may wait for its cgroup (default 10m).
+	PendingTTL time.Duration
+	// GCInterval is the period of the sweep (default 30s).
+	GCInterval time.Duration
+	// SubscriberBuffer is each event subscriber's queue length (default 256).
+	SubscriberBuffer int
+	Logger           *zap.Logger
+	// Backstop, if set, watches the API server for pods and policies.
+	Backstop *Backstop
+	// Registry receives the agent's metrics (none registered if nil).
+	Registry prometheus.Registerer
+}
+
+// Agent implements server.Backend on top of an Enforcer and a cgroup watcher.
+type Agent struct {
+	opts    Options
+	enf     *enforcer.Enforcer
+	layout  cgroups.Layout
+	watcher *cgroups.Watcher
+	log     *zap.Logger
+	metrics *metrics
+	kernel  string
+
+	mu      sync.Mutex
+	pods    map[string]*podState // pod uid -> state
+	owners  map[uint64]owner     // bound cgroup id -> pod and container
+	pending *lru.Cache[string, time.Time]
+	// policyUIDs remembers the object uid of each policy key, to refuse a
+	// recreated policy (whose generation restarts at 1) silently losing.
+	policyUIDs map[enforcer.PolicyKey]string
+
+	subs subscribers
+
+	ready     atomic.Bool
+	runCalled atomic.Bool
+}
+
+var _ server.Backend = (*Agent)(nil)
+
+// podState is one pod the node enforces. Guarded by Agent.mu.
+type podState struct {
+	uid, namespace, name string
+	qos                  cgroups.QoS
+	policy               enforcer.PolicyKey
+	// names maps a container id (without "<runtime>://") to its name.
+	names map[string]string
+	// podCgroup is the bound pod cgroup id, 0 while none is bound.
+	podCgroup uint64
+	// containers maps a container id to its cgroup id, for every container
+	// cgroup seen; it is bound with its own rules when its name is known.
+	containers map[string]uint64
+}
+
+type owner struct {
+	uid       string
+	container string // "" for the pod cgroup
+}
+
+func (p *podState) clone() *podState {
+	c := *p
+	c.names = cloneMap(p.names)
+	c.containers = cloneMap(p.containers)
+	return &c
+}
+
+func cloneMap[K comparable, V any](m map[K]V) map[K]V {
+	out := make(map[K]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// New returns an agent; call Run to start watching cgroups and events.
+func New(opts Options) (*Agent, error) {
+	if opts.Enforcer == nil {
+		return nil, errors.New("agent: enforcer is required")
+	}
+	if opts.NodeName == "" {
+		return nil, errors.New("agent: node name is required")
+	}
+	if opts.Layout.Root() == "" {
+		return nil, errors.New("agent: cgroup layout is required")
+	}
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = 256
+	}
+	if opts.PendingTTL <= 0 {
+		opts.PendingTTL = 10 * time.Minute
+	}
+	if opts.GCInterval <= 0 {
+		opts.GCInterval = 30 * time.Second
+	}
+	if opts.SubscriberBuffer <= 0 {
+		opts.SubscriberBuffer = 256
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	pending, err := lru.New[string, time.Time](opts.MaxPending)
+	if err != nil {
+		return nil, fmt.Errorf("agent: pending set: %w", err)
+	}
+	log := opts.Logger.With(zap.String("node", opts.NodeName))
+	a := &Agent{
+		opts:       opts,
+		enf:        opts.Enforcer,
+		layout:     opts.Layout,
+		watcher:    cgroups.NewWatcher(opts.Layout, log.Named("cgroups")),
+		log:        log,
+		kernel:     kernelRelease(),
+		pods:       map[string]*podState{},
+		owners:     map[uint64]owner{},
+		pending:    pending,
+		policyUIDs: map[enforcer.PolicyKey]string{},
+	}
+	a.subs.init()
+	if opts.Registry != nil {
+		m, err := newMetrics(a, opts.Registry)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		a.metrics = m
+	}
+	return a, nil
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// Ready reports whether the initial adoption scan is done.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// ApplyPodPolicy implements server.Backend.
+func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (applied bool, loaded uint64, err error) {
+	start := time.Now()
+	defer func() { a.metrics.observeApply(time.Since(start), err) }()
+	if err := ctx.Err(); err != nil {
+		return false, 0, err
+	}
+	if err := cgroups.ValidatePodUID(pp.Pod.UID); err != nil {
+		return false, 0, kernelError(fmt.Errorf("%w: %w", enforcer.ErrInvalid, err))
+	}
+	qos := cgroups.QoS(pp.Pod.QoSClass)
+	if a.layout.PodCgroupPath(pp.Pod.UID, qos) == "" {
+		return false, 0, kernelError(fmt.Errorf("%w: pod %s: qos class %q has no cgroup", enforcer.ErrInvalid, pp.Pod.UID, pp.Pod.QoSClass))
+	}
+	pv := policyVersion(&pp.Policy)
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if uid, ok := a.policyUIDs[pv.Key]; ok && pp.Policy.UID != "" && uid != "" && uid != pp.Policy.UID {
+		if a.policyUsersLocked(pv.Key, "") > 0 {
+			return false, 0, fmt.Errorf("policy %s was recreated (uid %s, loaded %s) while pods still use it: %w", pv.Key, pp.Policy.UID, uid, podpolicy.ErrConflict)
+		}
+		// Nobody uses the old object's policy any more: drop it so the
+		// recreated one (whose generation restarted) can load.
+		if err := a.enf.DeletePolicy(pv.Key); err != nil && !errors.Is(err, enforcer.ErrNotFound) {
+			return false, 0, kernelError(fmt.Errorf("replace recreated policy %s: %w", pv.Key, err))
+		}
+	}
+	_, existed := a.enf.PolicyVersionOf(pv.Key)
+	putApplied, err := a.enf.PutPolicy(pv)
+	if err != nil {
+		return false, 0, kernelError(fmt.Errorf("load policy %s version %d: %w", pv.Key, pv.Version, err))
+	}
+	loaded, _ = a.enf.PolicyVersionOf(pv.Key)
+	if pp.Policy.UID != "" {
+		a.policyUIDs[pv.Key] = pp.Policy.UID
+	}
+
+	prev := a.pods[pp.Pod.UID]
+	var next *podState
+	if prev != nil {
+		next = prev.clone()
+	} else {
+		next = &podState{uid: pp.Pod.UID, names: map[string]string{}, containers: map[string]uint64{}}
+	}
+	next.namespace, next.name, next.qos = pp.Pod.Namespace, pp.Pod.Name, qos
+	oldPolicy := next.policy
+	next.policy = pv.Key
+	for _, c := range pp.Pod.Containers {
+		if id := containerIDOf(c.ContainerID); id != "" {
+			next.names[id] = c.Name
+		}
+	}
+	podChanged := prev == nil || prev.policy != pv.Key
+
+	if err := a.commitPodLocked(prev, next); err != nil {
+		if !existed {
+			a.releasePolicyLocked(pv.Key)
+		}
+		return false, 0, err
+	}
+	if oldPolicy != "" && oldPolicy != pv.Key {
+		a.releasePolicyLocked(oldPolicy)
+	}
+	return putApplied || podChanged, loaded, nil
+}
+
+// commitPodLocked installs next as the pod's state and binds whatever of its
+// cgroups exist. On failure the pod's bindings and state are put back as
+// prev had them (prev nil: the pod is forgotten).
+func (a *Agent) commitPodLocked(prev, next *podState) error {
+	a.pods[next.uid] = next
+	if err := a.bindExistingLocked(next); err != nil {
+		a.rollbackLocked(prev, next)
+		return err
+	}
+	if next.podCgroup == 0 {
+		a.markPendingLocked(next.uid)
+	} else {
+		a.pending.Remove(next.uid)
+	}
+	if err := a.watcher.AddPod(next.uid); err != nil {
+		a.rollbackLocked(prev, next)
+		return fmt.Errorf("%w: %w", enforcer.ErrInvalid, err)
+	}
+	return nil
+}
+
+func (a *Agent) rollbackLocked(prev, next *podState) {
+	restore := map[uint64]owner{}
+	if prev != nil {
+		if prev.podCgroup != 0 {
+			restore[prev.podCgroup] = owner{uid: prev.uid}
+		}
+		for id, cg := range prev.containers {
+			if name, ok := prev.names[id]; ok {
+				restore[cg] = owner{uid: prev.uid, container: name}
+			}
+		}
+	}
+	for cg, o := range a.owners {
+		if o.uid != next.uid {
+			continue
+		}
+		if old, ok := restore[cg]; ok {
+			if err := a.enf.Bind(cg, prev.policy, old.container); err != nil {
+				a.log.Error("roll back cgroup binding", zap.Uint64("cgroup_id", cg), zap.Error(err))
+			}
+			a.owners[cg] = old
+			continue
+		}
+		if err := a.enf.Unbind(cg); err != nil {
+			a.log.Error("roll back cgroup binding", zap.Uint64("cgroup_id", cg), zap.Error(err))
+		}
+		delete(a.owners, cg)
+	}
+	if prev != nil {
+		a.pods[prev.uid] = prev
+	} else {
+		delete(a.pods, next.uid)
+	}
+}
+
+// bindExistingLocked binds the pod cgroup (union rules) and every container
+// cgroup with a known name, if they exist now.
+func (a *Agent) bindExistingLocked(p *podState) error {
+	path := a.layout.PodCgroupPath(p.uid, p.qos)
+	id, err := cgroups.ID(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("pod %s: %w", p.uid, err)
+	}
+	if err := a.bindPodCgroupLocked(p, id); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("list container cgroups of pod %s: %w", p.uid, err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		_, cid, ok := a.layout.ParseContainerCgroup(e.Name())
+		if !ok {
+			continue
+		}
+		cg, err := cgroups.ID(filepath.Join(path, e.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("pod %s container %s: %w", p.uid, cid, err)
+		}
+		if err := a.bindContainerLocked(p, cid, cg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *Agent) bindPodCgroupLocked(p *podState, id uint64) error {
+	if p.podCgroup != 0 && p.podCgroup != id {
+		// The kubelet recreated the pod cgroup: the old id is dead.
+		a.unbindLocked(p.podCgroup)
+	}
+	if err := a.enf.Bind(id, p.policy, enforcer.UnionContainer); err != nil {
+		return kernelError(fmt.Errorf("bind pod %s cgroup %d to policy %s: %w", p.uid, id, p.policy, err))
+	}
+	p.podCgroup = id
+	a.owners[id] = owner{uid: p.uid}
+	return nil
+}
+
+// bindContainerLocked records a container cgroup and binds it with the
+// container's own rules once its name is known; until then the pod binding
+// covers it through the kernel's ancestor walk.
+func (a *Agent) bindContainerLocked(p *podState, cid string, cg uint64) error {
+	p.containers[cid] = cg
+	name, ok := p.names[cid]
+	if !ok {
+		return nil
+	}
+	if err := a.enf.Bind(cg, p.policy, name); err != nil {
+		return kernelError(fmt.Errorf("bind pod %s container %s cgroup %d to policy %s: %w", p.uid, name, cg, p.policy, err))
+	}
+	a.owners[cg] = owner{uid: p.uid, container: name}
+	return nil
+}
+
+func (a *Agent) unbindLocked(cg uint64) {
+	if err := a.enf.Unbind(cg); err != nil {
+		a.log.Error("unbind cgroup", zap.Uint64("cgroup_id", cg), zap.Error(err))
+		return
+	}
+	delete(a.owners, cg)
+}
+
+// markPendingLocked records that the pod waits for its cgroup. Beyond
+// MaxPending the oldest waiting pod is forgotten.
+func (a *Agent) markPendingLocked(uid string) {
+	if !a.pending.Contains(uid) && a.pending.Len() >= a.opts.MaxPending {
+		if old, _, ok := a.pending.GetOldest(); ok {
+			a.log.Warn("too many pods waiting for their cgroup; forgetting the oldest", zap.String("pod_uid", old), zap.Int("max_pending", a.opts.MaxPending))
+			a.forgetPodLocked(old)
+		}
+	}
+	a.pending.Add(uid, time.Now())
+}
+
+// LearnContainers tells the agent the names of a pod's containers (from the
+// pod's status); container cgroups already seen are bound with their rules.
+func (a *Agent) LearnContainers(uid string, containers []podpolicy.Container) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p := a.pods[uid]
+	if p == nil {
+		return nil
+	}
+	for _, c := range containers {
+		id := containerIDOf(c.ContainerID)
+		if id == "" || p.names[id] == c.Name {
+			continue
+		}
+		p.names[id] = c.Name
+		if cg, ok := p.containers[id]; ok {
+			if err := a.bindContainerLocked(p, id, cg); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// RemovePod implements server.Backend.
+func (a *Agent) RemovePod(ctx context.Context, uid string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.pods[uid] == nil {
+		return false, nil
+	}
+	return true, a.forgetPodLocked(uid)
+}
+
+// forgetPodLocked unbinds every cgroup of the pod, forgets it, and unloads
+// its policy when no other pod uses it.
+func (a *Agent) forgetPodLocked(uid string) error {
+	p := a.pods[uid]
+	a.pending.Remove(uid)
+	if p == nil {
+		return nil
+	}
+	var errs []error
+	for cg, o := range a.owners {
+		if o.uid != uid {
+			continue
+		}
+		if err := a.enf.Unbind(cg); err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: %w", uid, err))
+			continue
+		}
+		delete(a.owners, cg)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	_ = a.watcher.RemovePod(uid) // uid was validated when the pod was added
+	delete(a.pods, uid)
+	a.releasePolicyLocked(p.policy)
+	return nil
+}
+
+// policyUsersLocked counts the pods that use key, other than skipUID.
+func (a *Agent) policyUsersLocked(key enforcer.PolicyKey, skipUID string) int {
+	n := 0
+	for uid, p := range a.pods {
+		if p.policy == key && uid != skipUID {
+			n++
+		}
+	}
+	return n
+}
+
+// releasePolicyLocked unloads key if no pod uses it any more.
+func (a *Agent) releasePolicyLocked(key enforcer.PolicyKey) {
+	if a.policyUsersLocked(key, "") > 0 {
+		return
+	}
+	err := a.enf.DeletePolicy(key)
+	switch {
+	case err == nil, errors.Is(err, enforcer.ErrNotFound):
+		delete(a.policyUIDs, key)
+	case errors.Is(err, enforcer.ErrInUse):
+		// Bindings the agent does not own (left by an earlier run); the
+		// sweep unbinds them once their cgroups are gone.
+		a.log.Debug("policy unused by pods but still bound", zap.String("policy", string(key)), zap.Error(err))
+	default:
+		a.log.Error("unload unused policy", zap.String("policy", string(key)), zap.Error(err))
+	}
+}
+
+// RemovePolicy implements server.Backend.
+func (a *Agent) RemovePolicy(ctx context.Context, ref podpolicy.PolicyRef) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	key := enforcer.PolicyKey(ref.Key())
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if uid := a.policyUIDs[key]; ref.UID != "" && uid != "" && uid != ref.UID {
+		return false, fmt.Errorf("policy %s: loaded uid is %s, not %s: %w", key, uid, ref.UID, podpolicy.ErrConflict)
+	}
+	if n := a.policyUsersLocked(key, ""); n > 0 {
+		return false, fmt.Errorf("policy %s is used by %d pods on this node: %w", key, n, podpolicy.ErrConflict)
+	}
+	err := a.enf.DeletePolicy(key)
+	switch {
+	case err == nil:
+		delete(a.policyUIDs, key)
+		return true, nil
+	case errors.Is(err, enforcer.ErrNotFound):
+		delete(a.policyUIDs, key)
+		return false, nil
+	case errors.Is(err, enforcer.ErrInUse):
+		return false, fmt.Errorf("%w: %w", err, podpolicy.ErrConflict)
+	}
+	return false, kernelError(fmt.Errorf("unload policy %s: %w", key, err))
+}
+
+// Status implements server.Backend.
+func (a *Agent) Status(ctx context.Context) (*agentv1.AgentStatus, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	st, err := a.enf.Stats()
+	if err != nil {
+		return nil, fmt.Errorf("read enforcer stats: %w", err)
+	}
+	loaded := map[enforcer.PolicyKey]enforcer.LoadedPolicy{}
+	out := &agentv1.AgentStatus{
+		NodeName:      a.opts.NodeName,
+		AttachMode:    string(a.enf.AttachMode()),
+		KernelVersion: a.kernel,
+		EventsDropped: st.Counters["dropped"] + st.UserDrops + a.subs.dropped.Load(),
+	}
+	for _, lp := range a.enf.Policies() {
+		loaded[lp.Key] = lp
+		ns, name, _ := strings.Cut(string(lp.Key), "/")
+		out.Policies = append(out.Policies, &agentv1.PolicyStatus{
+			Namespace: ns, Name: name, Version: lp.Version, Mode: agentv1.Mode(lp.Mode),
+			Slots: uint32(lp.Slots), Entries: uint64(lp.Entries),
+		})
+	}
+	for _, m := range st.Maps {
+		ms := &agentv1.MapStatus{Name: m.Name, MaxEntries: uint64(m.MaxEntries), Bytes: m.Bytes}
+		if m.Entries > 0 {
+			ms.Entries = uint64(m.Entries)
+		}
+		out.Maps = append(out.Maps, ms)
+	}
+	a.mu.Lock()
+	bound := map[string]uint32{}
+	for _, o := range a.owners {
+		bound[o.uid]++
+	}
+	for _, p := range a.pods {
+		lp := loaded[p.policy]
+		ps := &agentv1.PodStatus{
+			Uid: p.uid, Namespace: p.namespace, Name: p.name, Policy: string(p.policy),
+			Version: lp.Version, Mode: agentv1.Mode(lp.Mode), CgroupsBound: bound[p.uid],
+			State: agentv1.PodState_POD_STATE_PENDING,
+		}
+		if p.podCgroup != 0 {
+			ps.State = agentv1.PodState_POD_STATE_ENFORCED
+		}
+		out.Pods = append(out.Pods, ps)
+	}
+	a.mu.Unlock()
+	sort.Slice(out.Pods, func(i, j int) bool { return out.Pods[i].Uid < out.Pods[j].Uid })
+	return out, nil
+}
+
+// counts reports the pods and policies the agent holds (for metrics).
+func (a *Agent) counts() (pods, policies int) {
+	a.mu.Lock()
+	pods = len(a.pods)
+	a.mu.Unlock()
+	return pods, len(a.enf.Policies())
+}
+
+func policyVersion(p *podpolicy.Policy) enforcer.PolicyVersion {
+	pv := enforcer.PolicyVersion{
+		Key: enforcer.PolicyKey(p.Key()), Version: p.Version, Mode: enforcer.Mode(p.Mode),
+		Containers: make(map[string]enforcer.Rules, len(p.RulesByContainer)),
+	}
+	for name, paths := range p.RulesByContainer {
+		pv.Containers[name] = enforcer.Rules{Paths: paths}
+	}
+	return pv
+}
+
+// containerIDOf strips "<runtime>://" from a status container id.
+func containerIDOf(s string) string {
+	if _, id, ok := strings.Cut(s, "://"); ok {
+		return id
+	}
+	return s
+}
+
+// kernelError maps enforcer errors onto what the server reports.
+func kernelError(err error) error {
+	switch {
+	case errors.Is(err, enforcer.ErrCapacity):
+		return fmt.Errorf("%w: %w", err, podpolicy.ErrLimitExceeded)
+	case errors.Is(err, enforcer.ErrInUse):
+		return fmt.Errorf("%w: %w", err, podpolicy.ErrConflict)
+	case errors.Is(err, enforcer.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return err
+}

@@ -1,0 +1,294 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/execgate/execgate/api/v1alpha1"
+	"github.com/execgate/execgate/nodeagent/enforcer"
+	"github.com/execgate/execgate/nodeagent/podpolicy"
+)
+
+// Backstop lets the agent read pods and policies from the API server, so
+// that a pod whose push was lost (webhook timed out and failed open, agent
+// restarted) still gets its policy, and container names are learnt from the
+// pod status.
+type Backstop struct {
+	Kube    kubernetes.Interface
+	Dynamic dynamic.Interface
+	// Resync re-checks every local pod this often (default 10m).
+	Resync time.Duration
+}
+
+// WorkloadPolicyResource is the resource the backstop watches.
+var WorkloadPolicyResource = v1alpha1.GroupVersion.WithResource("workloadpolicies")
+
+// backstopItem is one unit of work: a pod to reconcile (by namespace/name),
+// a pod uid to remove, or a policy whose local pods to reconcile.
+type backstopItem struct {
+	kind backstopKind
+	key  string
+}
+
+type backstopKind uint8
+
+const (
+	itemPod backstopKind = iota
+	itemRemovePod
+	itemPolicy
+)
+
+type backstop struct {
+	a        *Agent
+	pods     cache.SharedIndexInformer
+	policies cache.SharedIndexInformer
+	queue    workqueue.TypedRateLimitingInterface[backstopItem]
+	log      *zap.Logger
+}
+
+// runBackstop watches this node's pods and the workload policies, and
+// reconciles one item at a time until ctx ends.
+func (a *Agent) runBackstop(ctx context.Context) error {
+	bs := a.opts.Backstop
+	if bs.Resync <= 0 {
+		bs.Resync = 10 * time.Minute
+	}
+	node := a.opts.NodeName
+	pf := informers.NewSharedInformerFactoryWithOptions(bs.Kube, bs.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
+		}))
+	df := dynamicinformer.NewDynamicSharedInformerFactory(bs.Dynamic, bs.Resync)
+	b := &backstop{
+		a:        a,
+		pods:     pf.Core().V1().Pods().Informer(),
+		policies: df.ForResource(WorkloadPolicyResource).Informer(),
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[backstopItem](),
+			workqueue.TypedRateLimitingQueueConfig[backstopItem]{Name: "execgate-agent-backstop"}),
+		log: a.log.Named("backstop"),
+	}
+	defer b.queue.ShutDown()
+	if err := b.addHandlers(); err != nil {
+		return err
+	}
+	pf.Start(ctx.Done())
+	df.Start(ctx.Done())
+	defer pf.Shutdown()
+	defer df.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), b.pods.HasSynced, b.policies.HasSynced) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("backstop: informer caches did not sync")
+	}
+	b.log.Info("backstop watching pods and workload policies", zap.Int("local_pods", len(b.pods.GetStore().ListKeys())))
+	stop := context.AfterFunc(ctx, b.queue.ShutDown)
+	defer stop()
+	for b.processNext(ctx) {
+	}
+	return nil
+}
+
+func (b *backstop) addHandlers() error {
+	enqueuePod := func(obj any) {
+		if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+			b.queue.Add(backstopItem{kind: itemPod, key: key})
+		}
+	}
+	if _, err := b.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueuePod,
+		UpdateFunc: func(_, obj any) { enqueuePod(obj) },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if pod, ok := obj.(*corev1.Pod); ok {
+				b.queue.Add(backstopItem{kind: itemRemovePod, key: string(pod.UID)})
+			}
+		},
+	}); err != nil {
+		return fmt.Errorf("backstop: watch pods: %w", err)
+	}
+	enqueuePolicy := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			b.queue.Add(backstopItem{kind: itemPolicy, key: key})
+		}
+	}
+	if _, err := b.policies.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueuePolicy,
+		UpdateFunc: func(_, obj any) { enqueuePolicy(obj) },
+	}); err != nil {
+		return fmt.Errorf("backstop: watch workload policies: %w", err)
+	}
+	return nil
+}
+
+func (b *backstop) processNext(ctx context.Context) bool {
+	item, shutdown := b.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer b.queue.Done(item)
+	err := b.reconcile(ctx, item)
+	if err == nil {
+		b.queue.Forget(item)
+		return true
+	}
+	if ctx.Err() != nil {
+		return false
+	}
+	b.log.Error("backstop reconcile failed; will retry", zap.String("key", item.key), zap.Int("retries", b.queue.NumRequeues(item)), zap.Error(err))
+	b.queue.AddRateLimited(item)
+	return true
+}
+
+func (b *backstop) reconcile(ctx context.Context, item backstopItem) error {
+	switch item.kind {
+	case itemRemovePod:
+		_, err := b.a.RemovePod(ctx, item.key)
+		return err
+	case itemPolicy:
+		ns, name, err := cache.SplitMetaNamespaceKey(item.key)
+		if err != nil {
+			return nil
+		}
+		for _, obj := range b.pods.GetStore().List() {
+			pod := obj.(*corev1.Pod)
+			if pod.Namespace == ns && pod.Labels[v1alpha1.PolicyLabel] == name {
+				b.queue.Add(backstopItem{kind: itemPod, key: ns + "/" + pod.Name})
+			}
+		}
+		return nil
+	}
+	obj, exists, err := b.pods.GetStore().GetByKey(item.key)
+	if err != nil || !exists {
+		return err // a deleted pod arrives as itemRemovePod
+	}
+	return b.reconcilePod(ctx, obj.(*corev1.Pod))
+}
+
+// reconcilePod applies the pod's policy as the API server has it (a no-op
+// when the push already loaded that generation) and learns its containers.
+func (b *backstop) reconcilePod(ctx context.Context, pod *corev1.Pod) error {
+	uid := string(pod.UID)
+	if pod.Spec.NodeName != b.a.opts.NodeName {
+		return nil // the field selector should have kept it out
+	}
+	name, labelled := pod.Labels[v1alpha1.PolicyLabel]
+	if !labelled || pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		_, err := b.a.RemovePod(ctx, uid)
+		return err
+	}
+	obj, exists, err := b.policies.GetStore().GetByKey(pod.Namespace + "/" + name)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		// Not (yet) created: nothing to enforce from here; a later policy
+		// event requeues the pod.
+		return nil
+	}
+	pol, err := policyFromObject(obj)
+	if err != nil {
+		b.log.Warn("workload policy not usable; pod keeps what it has", zap.String("namespace", pod.Namespace),
+			zap.String("pod", pod.Name), zap.String("policy", pod.Namespace+"/"+name), zap.Error(err))
+		return nil // retrying will not fix the object; its next update requeues
+	}
+	containers := podContainers(pod)
+	pp := &podpolicy.PodPolicy{
+		Pod: podpolicy.Pod{UID: uid, Namespace: pod.Namespace, Name: pod.Name, NodeName: pod.Spec.NodeName,
+			QoSClass: podQoS(pod), Containers: containers},
+		Policy:    pol,
+		RequestID: "backstop",
+	}
+	applied, loaded, err := b.a.ApplyPodPolicy(ctx, pp)
+	if err != nil {
+		return fmt.Errorf("apply policy %s to pod %s/%s: %w", pol.Key(), pod.Namespace, pod.Name, err)
+	}
+	if applied {
+		b.log.Info("pod policy applied from the API server", zap.String("namespace", pod.Namespace), zap.String("pod", pod.Name),
+			zap.String("policy", pol.Key()), zap.Uint64("version", loaded))
+	}
+	return nil
+}
+
+// policyFromObject converts and validates a WorkloadPolicy from the watch.
+func policyFromObject(obj any) (podpolicy.Policy, error) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return podpolicy.Policy{}, fmt.Errorf("unexpected object %T", obj)
+	}
+	var wp v1alpha1.WorkloadPolicy
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &wp); err != nil {
+		return podpolicy.Policy{}, fmt.Errorf("decode workload policy: %w", err)
+	}
+	if err := wp.Validate(); err != nil {
+		return podpolicy.Policy{}, err
+	}
+	mode, err := enforcer.ParseMode(string(wp.Spec.Mode))
+	if err != nil {
+		return podpolicy.Policy{}, err
+	}
+	if wp.Generation <= 0 {
+		return podpolicy.Policy{}, apierrors.NewBadRequest("workload policy has no generation")
+	}
+	p := podpolicy.Policy{UID: string(wp.UID), Namespace: wp.Namespace, Name: wp.Name, Version: uint64(wp.Generation),
+		Mode: podpolicy.Mode(mode), RulesByContainer: map[string][]string{}}
+	for name, rules := range wp.Spec.RulesByContainer {
+		p.RulesByContainer[name] = rules.Executables
+	}
+	return p, nil
+}
+
+func podContainers(pod *corev1.Pod) []podpolicy.Container {
+	var out []podpolicy.Container
+	for _, list := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses, pod.Status.EphemeralContainerStatuses} {
+		for _, s := range list {
+			out = append(out, podpolicy.Container{Name: s.Name, ContainerID: s.ContainerID})
+		}
+	}
+	return out
+}
+
+// podQoS is status.qosClass, which the API server sets at creation; the
+// fallback follows the kubelet's rule closely enough for cgroup naming.
+func podQoS(pod *corev1.Pod) podpolicy.QoSClass {
+	if pod.Status.QOSClass != "" {
+		return podpolicy.QoSClass(pod.Status.QOSClass)
+	}
+	guaranteed, any := true, false
+	for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+			req, hasReq := c.Resources.Requests[r]
+			lim, hasLim := c.Resources.Limits[r]
+			any = any || hasReq || hasLim
+			if !hasLim || (hasReq && req.Cmp(lim) != 0) {
+				guaranteed = false
+			}
+		}
+	}
+	switch {
+	case !any:
+		return podpolicy.QoSBestEffort
+	case guaranteed:
+		return podpolicy.QoSGuaranteed
+	}
+	return podpolicy.QoSBurstable
+}

@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"context"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+
+	"github.com/execgate/execgate/api/v1alpha1"
+	"github.com/execgate/execgate/nodeagent/cgroups"
+	"github.com/execgate/execgate/nodeagent/enforcer"
+)
+
+func workloadPolicy(t *testing.T, generation int64, executables ...string) *unstructured.Unstructured {
+	t.Helper()
+	wp := &v1alpha1.WorkloadPolicy{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "WorkloadPolicy"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web", UID: "policy-uid-1", Generation: generation},
+		Spec: v1alpha1.WorkloadPolicySpec{Mode: v1alpha1.ModeProtect,
+			RulesByContainer: v1alpha1.RulesByContainer{"app": {Executables: executables}}},
+	}
+	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(wp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &unstructured.Unstructured{Object: obj}
+}
+
+// TestBPFBackstop: a labelled local pod that was never pushed gets its
+// policy from the API server; a policy update loads the new generation; the
+// container name comes from the pod status; pod deletion unloads it all.
+func TestBPFBackstop(t *testing.T) {
+	n := newTestNodeEnv(t, cgroups.DriverSystemd)
+	e := n.newEnforcer(t)
+	uid, cid := podUID(6), containerID(6)
+	pod, ctr := n.mkPod(t, uid, cgroups.QoSBurstable, cid)
+
+	kpod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-1", UID: types.UID(uid), Labels: map[string]string{v1alpha1.PolicyLabel: "web"}},
+		Spec:       corev1.PodSpec{NodeName: testNode, Containers: []corev1.Container{{Name: "app"}}},
+		Status:     corev1.PodStatus{QOSClass: corev1.PodQOSBurstable, Phase: corev1.PodRunning},
+	}
+	other := kpod.DeepCopy()
+	other.Name, other.UID, other.Spec.NodeName = "elsewhere", types.UID(podUID(7)), "node-b"
+	kube := kubefake.NewClientset(kpod, other)
+	scheme := runtime.NewScheme()
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme,
+		map[schema.GroupVersionResource]string{WorkloadPolicyResource: "WorkloadPolicyList"}, workloadPolicy(t, 1, "/usr/bin/echo"))
+	a := n.startAgent(t, e, func(o *Options) { o.Backstop = &Backstop{Kube: kube, Dynamic: dyn} })
+	ctx := context.Background()
+
+	waitFor(t, "pod bound from the API server", func() bool { _, ok := bindingOf(e, pod.ID); return ok })
+	assertProtected(t, e, ctr)
+	if st, _ := a.Status(ctx); len(st.Pods) != 1 || st.Pods[0].Name != "web-1" {
+		t.Fatalf("only the local pod may be loaded: %v", st.Pods)
+	}
+
+	if _, err := dyn.Resource(WorkloadPolicyResource).Namespace("ns").Update(ctx, workloadPolicy(t, 2, "/usr/bin/echo", "/usr/bin/id"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "generation 2 loaded", func() bool { v, _ := e.PolicyVersionOf("ns/web"); return v == 2 })
+	if _, err := ctr.Run("/usr/bin/id"); err != nil {
+		t.Fatalf("id allowed by generation 2: %v", err)
+	}
+
+	kpod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", ContainerID: "containerd://" + cid}}
+	if _, err := kube.CoreV1().Pods("ns").UpdateStatus(ctx, kpod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "container bound by name", func() bool { b, ok := bindingOf(e, ctr.ID); return ok && b.Container == "app" })
+	if b, _ := bindingOf(e, pod.ID); b.Container != enforcer.UnionContainer {
+		t.Fatalf("pod binding: %+v", b)
+	}
+
+	if err := kube.CoreV1().Pods("ns").Delete(ctx, "web-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "pod removed", func() bool { return len(e.Bindings()) == 0 && len(e.Policies()) == 0 })
+	assertNoEntries(t, e)
+	if st, _ := a.Status(ctx); len(st.Pods) != 0 {
+		t.Fatalf("pods left: %v", st.Pods)
+	}
+}

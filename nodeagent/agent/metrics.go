@@ -1,0 +1,92 @@
+package agent
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the agent's own; gauges of kernel state are read from the
+// enforcer at scrape time so they can never drift from it.
+type metrics struct {
+	applyDuration *prometheus.HistogramVec
+	gcRemovals    prometheus.Counter
+}
+
+func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		applyDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "execgate_agent_apply_duration_seconds",
+			Help:    "Time to apply one pod policy (load, bind), by result.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"result"}),
+		gcRemovals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "execgate_agent_gc_removals_total",
+			Help: "Dead bindings, expired pending pods and unused policies removed by the sweep.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, &stateCollector{a: a}} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) observeApply(d time.Duration, err error) {
+	if m == nil {
+		return
+	}
+	result := "success"
+	if err != nil {
+		result = "error"
+	}
+	m.applyDuration.WithLabelValues(result).Observe(d.Seconds())
+}
+
+func (m *metrics) gcRemoved(n int) {
+	if m != nil {
+		m.gcRemovals.Add(float64(n))
+	}
+}
+
+var (
+	descPods       = prometheus.NewDesc("execgate_agent_loaded_pods", "Pods the agent enforces or waits for.", nil, nil)
+	descPolicies   = prometheus.NewDesc("execgate_agent_loaded_policies", "Policies loaded in the kernel.", nil, nil)
+	descMapEntries = prometheus.NewDesc("execgate_agent_map_entries", "Entries execgate wrote in each BPF map.", []string{"map"}, nil)
+	descMapBytes   = prometheus.NewDesc("execgate_agent_map_bytes", "Kernel memory charged to each BPF map.", []string{"map"}, nil)
+	descDecisions  = prometheus.NewDesc("execgate_agent_decisions_total", "Exec decisions of the kernel program, by action.", []string{"action"}, nil)
+	descDropped    = prometheus.NewDesc("execgate_agent_events_dropped_total", "Exec events lost (ring buffer full, slow reader, slow subscribers).", nil, nil)
+)
+
+// stateCollector reads the enforcer's state on every scrape.
+type stateCollector struct{ a *Agent }
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPods, descPolicies, descMapEntries, descMapBytes, descDecisions, descDropped} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	pods, policies := c.a.counts()
+	ch <- prometheus.MustNewConstMetric(descPods, prometheus.GaugeValue, float64(pods))
+	ch <- prometheus.MustNewConstMetric(descPolicies, prometheus.GaugeValue, float64(policies))
+	st, err := c.a.enf.Stats()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(descMapEntries, err)
+		return
+	}
+	for _, m := range st.Maps {
+		if m.Entries >= 0 {
+			ch <- prometheus.MustNewConstMetric(descMapEntries, prometheus.GaugeValue, float64(m.Entries), m.Name)
+		}
+		ch <- prometheus.MustNewConstMetric(descMapBytes, prometheus.GaugeValue, float64(m.Bytes), m.Name)
+	}
+	for _, action := range []string{"checked", "allowed", "learned", "reported", "denied", "untrusted"} {
+		ch <- prometheus.MustNewConstMetric(descDecisions, prometheus.CounterValue, float64(st.Counters[action]), action)
+	}
+	dropped := st.Counters["dropped"] + st.UserDrops + c.a.subs.dropped.Load()
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(dropped))
+}

@@ -1,0 +1,54 @@
+package webhook
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// Outcome of one admission request (bindings_total) or one push (pushes_total).
+type Outcome string
+
+const (
+	OutcomePushed         Outcome = "pushed"          // the agent applied a new generation
+	OutcomeNoop           Outcome = "noop"            // the agent already had this (or a newer) generation
+	OutcomeTimeout        Outcome = "timeout"         // the push did not finish within --push-timeout
+	OutcomeError          Outcome = "error"           // the push or a lookup failed
+	OutcomeNoAgent        Outcome = "no_agent"        // no agent is known for the node
+	OutcomeNoPolicy       Outcome = "no_policy"       // the labelled policy does not exist
+	OutcomeNoLabel        Outcome = "no_label"        // the pod carries no policy label
+	OutcomeInvalidRequest Outcome = "invalid_request" // the AdmissionRequest could not be understood
+	// OutcomeDryRun is not in the original list: a dry-run request is answered without a
+	// push (sideEffects NoneOnDryRun), and counting it as "no_label" would lie.
+	OutcomeDryRun Outcome = "dry_run"
+	// OutcomeUnscheduled is not in the original list either: a pod created without
+	// spec.nodeName reached /validate-pods (clusters older than 1.30 have no matchConditions);
+	// its push happens at pods/binding.
+	OutcomeUnscheduled Outcome = "unscheduled"
+)
+
+// The metrics live in controller-runtime's registry, served on --metrics-addr. They are
+// package-level because a registry accepts each name once per process.
+var (
+	bindingsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "execgate_controller_bindings_total",
+		Help: "Admission requests (pods/binding and pods) by outcome.",
+	}, []string{"outcome"})
+	pushesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "execgate_controller_pushes_total",
+		Help: "ApplyPodPolicy calls to node agents by outcome (webhook and reconciler).",
+	}, []string{"outcome"})
+	pushDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "execgate_controller_push_duration_seconds",
+		Help:    "Duration of ApplyPodPolicy calls to node agents.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	})
+	webhookDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "execgate_controller_webhook_duration_seconds",
+		Help:    "Time to answer one admission request, by webhook (binding, pods).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"webhook"})
+)
+
+func init() {
+	metrics.Registry.MustRegister(bindingsTotal, pushesTotal, pushDuration, webhookDuration)
+}

@@ -1,0 +1,185 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/execgate/execgate/api/v1alpha1"
+	"github.com/execgate/execgate/nodeagent/agentclient"
+)
+
+// Webhook paths; deploy/helm/execgate (values webhook.paths) must match.
+const (
+	BindingPath = "/validate-pods-binding"
+	PodsPath    = "/validate-pods"
+)
+
+// Config is the controller's configuration, one field per command-line flag.
+type Config struct {
+	PushTimeout   time.Duration
+	WebhookPort   int
+	WebhookCert   string // directory with tls.crt and tls.key
+	AgentCAFile   string
+	AgentCertFile string
+	AgentKeyFile  string
+	AgentServer   string // name the agents' serving certificate carries
+	AgentPort     int
+	AgentNS       string
+	AgentSelector string
+	// AgentEndpoints, when set ("node=host:port,..."), replaces agent discovery.
+	AgentEndpoints string
+	MetricsAddr    string
+	HealthAddr     string
+	LeaderElect    bool
+	Kubeconfig     string // empty: in-cluster, or $KUBECONFIG
+}
+
+// validate checks the flags and returns the static endpoints or the agent selector.
+func (c *Config) validate() (static map[string]string, selector labels.Selector, err error) {
+	var errs []error
+	if c.PushTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--push-timeout must be positive, got %s", c.PushTimeout))
+	}
+	if c.WebhookPort < 1 || c.WebhookPort > 65535 {
+		errs = append(errs, fmt.Errorf("--webhook-port %d is not a port", c.WebhookPort))
+	}
+	if c.AgentCAFile == "" || c.AgentCertFile == "" || c.AgentKeyFile == "" {
+		errs = append(errs, errors.New("--agent-ca-file, --agent-client-cert-file and --agent-client-key-file are required: agents accept only mTLS"))
+	}
+	if c.AgentEndpoints != "" {
+		if static, err = ParseStaticEndpoints(c.AgentEndpoints); err != nil {
+			errs = append(errs, fmt.Errorf("--agent-endpoints: %w", err))
+		}
+	} else {
+		if c.AgentNS == "" || c.AgentSelector == "" {
+			errs = append(errs, errors.New("--agent-namespace and --agent-selector are required unless --agent-endpoints is set"))
+		}
+		if selector, err = labels.Parse(c.AgentSelector); err != nil {
+			errs = append(errs, fmt.Errorf("--agent-selector: %w", err))
+		}
+		if c.AgentPort < 1 || c.AgentPort > 65535 {
+			errs = append(errs, fmt.Errorf("--agent-port %d is not a port", c.AgentPort))
+		}
+	}
+	return static, selector, errors.Join(errs...)
+}
+
+// Run starts the manager and blocks until ctx ends. The webhooks and agent discovery run
+// on every replica; the policy reconciler only on the leader.
+func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
+	static, selector, err := cfg.validate()
+	if err != nil {
+		return err
+	}
+	ctrl.SetLogger(logr.New(&zapSink{log: log.Named("runtime")}))
+	restCfg, err := restConfig(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return fmt.Errorf("scheme: %w", err)
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return fmt.Errorf("scheme: %w", err)
+	}
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		HealthProbeBindAddress: cfg.HealthAddr,
+		LeaderElection:         cfg.LeaderElect,
+		LeaderElectionID:       "execgate-controller.execgate.io",
+		// Every pod is cached (bindings look pods up); managed fields are dead weight.
+		Cache:         cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		WebhookServer: crwebhook.NewServer(crwebhook.Options{Port: cfg.WebhookPort, CertDir: cfg.WebhookCert}),
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+
+	directory := NewStaticAgentDirectory(static)
+	if static == nil {
+		directory = NewAgentDirectory(cfg.AgentNS, selector, cfg.AgentPort, log.Named("discovery"))
+	}
+	dialer, err := agentclient.NewDialer(agentclient.Config{
+		CAFile: cfg.AgentCAFile, CertFile: cfg.AgentCertFile, KeyFile: cfg.AgentKeyFile,
+		ServerName: cfg.AgentServer, Logger: log.Named("agent-tls"),
+	})
+	if err != nil {
+		return err
+	}
+	pool, err := NewAgentPool(dialer, directory, DefaultPoolSize, log.Named("pool"))
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if static == nil {
+		// Registered after NewAgentPool wired directory.onChange: the informer's goroutine
+		// must never see it change.
+		informer, err := mgr.GetCache().GetInformer(ctx, &corev1.Pod{})
+		if err != nil {
+			return fmt.Errorf("pod informer: %w", err)
+		}
+		if _, err := informer.AddEventHandler(directory); err != nil {
+			return fmt.Errorf("watch agent pods: %w", err)
+		}
+	}
+
+	admitter := &Admitter{
+		Cache: mgr.GetClient(), APIReader: mgr.GetAPIReader(), LookupTimeout: DefaultLookupTimeout,
+		Pusher:   &Pusher{Agents: pool, Timeout: cfg.PushTimeout},
+		Recorder: mgr.GetEventRecorder("execgate-controller"),
+		Log:      log.Named("admission"),
+	}
+	recoverPanic := true
+	server := mgr.GetWebhookServer()
+	server.Register(BindingPath, &crwebhook.Admission{Handler: &BindingHandler{Admitter: admitter}, RecoverPanic: &recoverPanic})
+	server.Register(PodsPath, &crwebhook.Admission{Handler: &PodHandler{Admitter: admitter}, RecoverPanic: &recoverPanic})
+
+	reconciler := &PolicyReconciler{Client: mgr.GetClient(), Agents: pool, PushTimeout: cfg.PushTimeout * 4, Log: log.Named("reconciler")}
+	if err := reconciler.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return fmt.Errorf("health check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
+		return fmt.Errorf("ready check: %w", err)
+	}
+	log.Info("starting controller manager", zap.Duration("pushTimeout", cfg.PushTimeout), zap.Bool("staticAgents", static != nil), zap.Bool("leaderElect", cfg.LeaderElect))
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("run manager: %w", err)
+	}
+	return nil
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
+		}
+		return c, nil
+	}
+	c, err := ctrl.GetConfig()
+	if err != nil {
+		return nil, fmt.Errorf("find the API server (in-cluster or $KUBECONFIG): %w", err)
+	}
+	return c, nil
+}

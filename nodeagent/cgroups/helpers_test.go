@@ -2,6 +2,7 @@ package cgroups
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/execgate/execgate/internal/testenv"
 )
 
 // requireRoot returns the cgroup2 mount, skipping the test when it cannot run here
@@ -28,10 +31,7 @@ func requireRoot(t testing.TB) string {
 
 func skipOrFail(t testing.TB, format string, args ...any) {
 	t.Helper()
-	if os.Getenv("EXECGATE_REQUIRE_BPF") == "1" {
-		t.Fatalf("EXECGATE_REQUIRE_BPF=1 but "+format, args...)
-	}
-	t.Skipf(format, args...)
+	testenv.Need(t, "EXECGATE_REQUIRE_BPF", fmt.Sprintf(format, args...))
 }
 
 // testTree creates an empty cgroup subtree for this test under the cgroup2 mount and

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/execgate/execgate/internal/testenv"
 )
 
 const (
@@ -81,19 +83,11 @@ func RequireE2E(t testing.TB) {
 	t.Helper()
 	dir, err := BinDir()
 	if err != nil {
-		requireFailOrSkip(t, err.Error())
+		testenv.Need(t, RequireE2EEnv, err.Error())
 		return
 	}
 	if missing := missingBinaries(dir); len(missing) > 0 {
-		requireFailOrSkip(t, fmt.Sprintf("e2e control plane binaries missing in %s: %s; build them with `make tools` (or point %s at a directory holding them)",
+		testenv.Need(t, RequireE2EEnv, fmt.Sprintf("e2e control plane binaries missing in %s: %s; build them with `make tools` (or point %s at a directory holding them)",
 			dir, strings.Join(missing, ", "), BinDirEnv))
 	}
-}
-
-func requireFailOrSkip(t testing.TB, msg string) {
-	t.Helper()
-	if os.Getenv(RequireE2EEnv) == "1" {
-		t.Fatalf("%s (%s=1)", msg, RequireE2EEnv)
-	}
-	t.Skip(msg)
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/execgate/execgate/internal/testenv"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -68,7 +69,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if opts.BinDir == "" {
 		RequireE2E(t)
 	} else if missing := missingBinaries(opts.BinDir); len(missing) > 0 {
-		requireFailOrSkip(t, fmt.Sprintf("binaries %s missing in %s; build them with `make tools`", strings.Join(missing, ", "), opts.BinDir))
+		testenv.Need(t, RequireE2EEnv, fmt.Sprintf("binaries %s missing in %s; build them with `make tools`", strings.Join(missing, ", "), opts.BinDir))
 	}
 	c, err := New(context.Background(), opts)
 	if err != nil {

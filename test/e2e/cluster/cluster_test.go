@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
+	"github.com/execgate/execgate/internal/testenv"
 	"github.com/execgate/execgate/test/e2e/cluster"
 )
 
@@ -91,10 +92,7 @@ func testKubeconform(t *testing.T, c *cluster.Cluster) {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(binDir, "kubeconform")); err != nil {
-		if os.Getenv(cluster.RequireE2EEnv) == "1" {
-			t.Fatalf("kubeconform missing in %s: run `make tools`", binDir)
-		}
-		t.Skipf("kubeconform missing in %s: run `make tools`", binDir)
+		testenv.Need(t, cluster.RequireE2EEnv, fmt.Sprintf("kubeconform (missing in %s: run `make tools`)", binDir))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	"os"
 	"path/filepath"
 	"sort"
@@ -86,6 +87,10 @@ type podState struct {
 	// containers maps a container id to its cgroup id, for every container
 	// cgroup seen; it is bound with its own rules when its name is known.
 	containers map[string]uint64
+	// appliedBy and appliedAt record the request that first brought the pod
+	// (a push's request id, or "backstop"), for GetStatus.
+	appliedBy string
+	appliedAt time.Time
 }
 
 type owner struct {
@@ -216,7 +221,8 @@ func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (ap
 	if prev != nil {
 		next = prev.clone()
 	} else {
-		next = &podState{uid: pp.Pod.UID, names: map[string]string{}, containers: map[string]uint64{}}
+		next = &podState{uid: pp.Pod.UID, names: map[string]string{}, containers: map[string]uint64{},
+			appliedBy: pp.RequestID, appliedAt: time.Now()}
 	}
 	next.namespace, next.name, next.qos = pp.Pod.Namespace, pp.Pod.Name, qos
 	oldPolicy := next.policy
@@ -548,7 +554,10 @@ func (a *Agent) Status(ctx context.Context) (*agentv1.AgentStatus, error) {
 		ps := &agentv1.PodStatus{
 			Uid: p.uid, Namespace: p.namespace, Name: p.name, Policy: string(p.policy),
 			Version: lp.Version, Mode: agentv1.Mode(lp.Mode), CgroupsBound: bound[p.uid],
-			State: agentv1.PodState_POD_STATE_PENDING,
+			State: agentv1.PodState_POD_STATE_PENDING, AppliedBy: p.appliedBy,
+		}
+		if !p.appliedAt.IsZero() {
+			ps.AppliedAt = timestamppb.New(p.appliedAt)
 		}
 		if p.podCgroup != 0 {
 			ps.State = agentv1.PodState_POD_STATE_ENFORCED

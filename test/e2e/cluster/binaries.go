@@ -91,3 +91,7 @@ func RequireE2E(t testing.TB) {
 			dir, strings.Join(missing, ", "), BinDirEnv))
 	}
 }
+
+// RepoRoot is the directory of the execgate module's go.mod above the working
+// directory.
+func RepoRoot() (string, error) { return repoRoot() }

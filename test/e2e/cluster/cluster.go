@@ -55,7 +55,7 @@ type Cluster struct {
 	// CA signs every certificate of the cluster and is trusted for client auth.
 	CA *CertificateAuthority
 
-	procs    []*process // in start order; stopped in reverse
+	procs    []*Process // in start order; stopped in reverse
 	stopOnce sync.Once
 	stopErr  error
 	nodeSeq  atomic.Int64
@@ -260,8 +260,8 @@ func (c *Cluster) startScheduler(ctx context.Context, opts Options, p paths, pt 
 	return waitReady(ctx, proc, httpProbe(tlsClient(c.CA), loopbackURL("https", pt.scheduler)+"/readyz"))
 }
 
-func (c *Cluster) launch(binDir, name string, args []string) (*process, error) {
-	proc, err := startProcess(name, filepath.Join(binDir, name), c.Dir, args)
+func (c *Cluster) launch(binDir, name string, args []string) (*Process, error) {
+	proc, err := StartProcess(name, filepath.Join(binDir, name), c.Dir, args)
 	if err != nil {
 		return nil, err
 	}
@@ -299,7 +299,7 @@ func (c *Cluster) Stop() error {
 	c.stopOnce.Do(func() {
 		var errs []error
 		for i := len(c.procs) - 1; i >= 0; i-- {
-			errs = append(errs, c.procs[i].stop())
+			errs = append(errs, c.procs[i].Stop())
 		}
 		if err := os.RemoveAll(c.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove cluster directory: %w", err))
@@ -313,6 +313,6 @@ func (c *Cluster) Stop() error {
 func (c *Cluster) logTails(t testing.TB) {
 	t.Helper()
 	for _, p := range c.procs {
-		t.Logf("--- %s log tail ---\n%s", p.name, p.logTail(30))
+		t.Logf("--- %s log tail ---\n%s", p.Name(), p.LogTail(30))
 	}
 }

@@ -132,10 +132,10 @@ func schedulerArgs(p paths, pt ports) []string {
 const pollInterval = 100 * time.Millisecond
 
 // waitReady calls probe until it succeeds, proc exits, or ctx ends.
-func waitReady(ctx context.Context, proc *process, probe func(context.Context) error) error {
+func waitReady(ctx context.Context, proc *Process, probe func(context.Context) error) error {
 	var last error
 	for {
-		if err := proc.exitedErr(); err != nil {
+		if err := proc.ExitedErr(); err != nil {
 			return err
 		}
 		if last = probe(ctx); last == nil {
@@ -143,7 +143,7 @@ func waitReady(ctx context.Context, proc *process, probe func(context.Context) e
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s not ready: %w (last probe: %v); log tail:\n%s", proc.name, ctx.Err(), last, proc.logTail(20))
+			return fmt.Errorf("%s not ready: %w (last probe: %v); log tail:\n%s", proc.Name(), ctx.Err(), last, proc.LogTail(20))
 		case <-time.After(pollInterval):
 		}
 	}

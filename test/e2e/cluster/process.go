@@ -14,9 +14,9 @@ import (
 // stopGrace is how long a component gets to exit on SIGTERM before its group is killed.
 const stopGrace = 5 * time.Second
 
-// process is one control-plane component running in its own process group, with
-// stdout and stderr appended to <dir>/<name>.log.
-type process struct {
+// Process is one component (control plane, agent, controller) running in its own
+// process group, with stdout and stderr appended to <dir>/<name>.log.
+type Process struct {
 	name    string
 	cmd     *exec.Cmd
 	logPath string
@@ -25,9 +25,9 @@ type process struct {
 	waitErr error         // written by the waiter goroutine before closing exited
 }
 
-// startProcess starts binary with args. The waiter goroutine it spawns exits when the
-// process does; stop guarantees that happens.
-func startProcess(name, binary, dir string, args []string) (*process, error) {
+// StartProcess starts binary with args in dir. The waiter goroutine it spawns exits
+// when the process does; Stop guarantees that happens.
+func StartProcess(name, binary, dir string, args []string) (*Process, error) {
 	logPath := filepath.Join(dir, name+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -48,7 +48,7 @@ func startProcess(name, binary, dir string, args []string) (*process, error) {
 		logFile.Close()
 		return nil, fmt.Errorf("start %s (%s): %w", name, binary, err)
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, logFile: logFile, exited: make(chan struct{})}
+	p := &Process{name: name, cmd: cmd, logPath: logPath, logFile: logFile, exited: make(chan struct{})}
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.exited)
@@ -56,19 +56,19 @@ func startProcess(name, binary, dir string, args []string) (*process, error) {
 	return p, nil
 }
 
-// exitedErr returns a non-nil error if the process has already exited.
-func (p *process) exitedErr() error {
+// ExitedErr returns a non-nil error if the process has already exited.
+func (p *Process) ExitedErr() error {
 	select {
 	case <-p.exited:
-		return fmt.Errorf("%s exited early (%v); log tail:\n%s", p.name, p.waitErr, p.logTail(40))
+		return fmt.Errorf("%s exited early (%v); log tail:\n%s", p.name, p.waitErr, p.LogTail(40))
 	default:
 		return nil
 	}
 }
 
-// stop sends SIGTERM to the process group, then SIGKILL after stopGrace, and waits
+// Stop sends SIGTERM to the process group, then SIGKILL after stopGrace, and waits
 // for the process to be reaped.
-func (p *process) stop() error {
+func (p *Process) Stop() error {
 	defer p.logFile.Close()
 	select {
 	case <-p.exited:
@@ -94,8 +94,8 @@ func (p *process) stop() error {
 	return nil
 }
 
-// logTail returns up to the last n lines of the process's log.
-func (p *process) logTail(n int) string {
+// LogTail returns up to the last n lines of the process's log.
+func (p *Process) LogTail(n int) string {
 	data, err := os.ReadFile(p.logPath)
 	if err != nil {
 		return fmt.Sprintf("(read %s: %v)", p.logPath, err)
@@ -105,4 +105,20 @@ func (p *process) logTail(n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return string(bytes.Join(lines, []byte("\n")))
+}
+
+// Name is the component name the process was started as.
+func (p *Process) Name() string { return p.name }
+
+// PID is the process id (and process group id) of the component.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
+// LogPath is the file receiving the component's stdout and stderr.
+func (p *Process) LogPath() string { return p.logPath }
+
+// Kill sends SIGKILL to the process group and waits until the leader is reaped: a
+// crash, with no chance to clean up. Stop is still safe to call afterwards.
+func (p *Process) Kill() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.exited
 }

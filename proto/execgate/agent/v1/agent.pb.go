@@ -886,11 +886,16 @@ type PodStatus struct {
 	Namespace string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	Name      string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	// "namespace/name" of the policy.
-	Policy        string   `protobuf:"bytes,4,opt,name=policy,proto3" json:"policy,omitempty"`
-	Version       uint64   `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
-	Mode          Mode     `protobuf:"varint,6,opt,name=mode,proto3,enum=execgate.agent.v1.Mode" json:"mode,omitempty"`
-	CgroupsBound  uint32   `protobuf:"varint,7,opt,name=cgroups_bound,json=cgroupsBound,proto3" json:"cgroups_bound,omitempty"`
-	State         PodState `protobuf:"varint,8,opt,name=state,proto3,enum=execgate.agent.v1.PodState" json:"state,omitempty"`
+	Policy       string   `protobuf:"bytes,4,opt,name=policy,proto3" json:"policy,omitempty"`
+	Version      uint64   `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	Mode         Mode     `protobuf:"varint,6,opt,name=mode,proto3,enum=execgate.agent.v1.Mode" json:"mode,omitempty"`
+	CgroupsBound uint32   `protobuf:"varint,7,opt,name=cgroups_bound,json=cgroupsBound,proto3" json:"cgroups_bound,omitempty"`
+	State        PodState `protobuf:"varint,8,opt,name=state,proto3,enum=execgate.agent.v1.PodState" json:"state,omitempty"`
+	// Who first gave the agent this pod: the request_id of the push that did
+	// ("backstop" when the agent's own API-server watch did), and when. Tests and
+	// benchmarks use it to prove the push arrived before the binding was committed.
+	AppliedBy     string                 `protobuf:"bytes,9,opt,name=applied_by,json=appliedBy,proto3" json:"applied_by,omitempty"`
+	AppliedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=applied_at,json=appliedAt,proto3" json:"applied_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -979,6 +984,20 @@ func (x *PodStatus) GetState() PodState {
 		return x.State
 	}
 	return PodState_POD_STATE_UNSPECIFIED
+}
+
+func (x *PodStatus) GetAppliedBy() string {
+	if x != nil {
+		return x.AppliedBy
+	}
+	return ""
+}
+
+func (x *PodStatus) GetAppliedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AppliedAt
+	}
+	return nil
 }
 
 type PolicyStatus struct {
@@ -1584,7 +1603,7 @@ const file_execgate_agent_v1_agent_proto_rawDesc = "" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"0\n" +
 	"\x14RemovePolicyResponse\x12\x18\n" +
 	"\aremoved\x18\x01 \x01(\bR\aremoved\"\x12\n" +
-	"\x10GetStatusRequest\"\x86\x02\n" +
+	"\x10GetStatusRequest\"\xe0\x02\n" +
 	"\tPodStatus\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
@@ -1593,7 +1612,12 @@ const file_execgate_agent_v1_agent_proto_rawDesc = "" +
 	"\aversion\x18\x05 \x01(\x04R\aversion\x12+\n" +
 	"\x04mode\x18\x06 \x01(\x0e2\x17.execgate.agent.v1.ModeR\x04mode\x12#\n" +
 	"\rcgroups_bound\x18\a \x01(\rR\fcgroupsBound\x121\n" +
-	"\x05state\x18\b \x01(\x0e2\x1b.execgate.agent.v1.PodStateR\x05state\"\xb7\x01\n" +
+	"\x05state\x18\b \x01(\x0e2\x1b.execgate.agent.v1.PodStateR\x05state\x12\x1d\n" +
+	"\n" +
+	"applied_by\x18\t \x01(\tR\tappliedBy\x129\n" +
+	"\n" +
+	"applied_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tappliedAt\"\xb7\x01\n" +
 	"\fPolicyStatus\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1721,31 +1745,32 @@ var file_execgate_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 5: execgate.agent.v1.ApplyPodPolicyRequest.policy:type_name -> execgate.agent.v1.Policy
 	0,  // 6: execgate.agent.v1.PodStatus.mode:type_name -> execgate.agent.v1.Mode
 	2,  // 7: execgate.agent.v1.PodStatus.state:type_name -> execgate.agent.v1.PodState
-	0,  // 8: execgate.agent.v1.PolicyStatus.mode:type_name -> execgate.agent.v1.Mode
-	15, // 9: execgate.agent.v1.AgentStatus.pods:type_name -> execgate.agent.v1.PodStatus
-	16, // 10: execgate.agent.v1.AgentStatus.policies:type_name -> execgate.agent.v1.PolicyStatus
-	17, // 11: execgate.agent.v1.AgentStatus.maps:type_name -> execgate.agent.v1.MapStatus
-	3,  // 12: execgate.agent.v1.EventFilter.actions:type_name -> execgate.agent.v1.Action
-	19, // 13: execgate.agent.v1.WatchEventsRequest.filter:type_name -> execgate.agent.v1.EventFilter
-	23, // 14: execgate.agent.v1.ExecEvent.time:type_name -> google.protobuf.Timestamp
-	0,  // 15: execgate.agent.v1.ExecEvent.mode:type_name -> execgate.agent.v1.Mode
-	3,  // 16: execgate.agent.v1.ExecEvent.action:type_name -> execgate.agent.v1.Action
-	6,  // 17: execgate.agent.v1.Policy.RulesByContainerEntry.value:type_name -> execgate.agent.v1.Rules
-	8,  // 18: execgate.agent.v1.AgentService.ApplyPodPolicy:input_type -> execgate.agent.v1.ApplyPodPolicyRequest
-	10, // 19: execgate.agent.v1.AgentService.RemovePod:input_type -> execgate.agent.v1.RemovePodRequest
-	12, // 20: execgate.agent.v1.AgentService.RemovePolicy:input_type -> execgate.agent.v1.RemovePolicyRequest
-	14, // 21: execgate.agent.v1.AgentService.GetStatus:input_type -> execgate.agent.v1.GetStatusRequest
-	20, // 22: execgate.agent.v1.AgentService.WatchEvents:input_type -> execgate.agent.v1.WatchEventsRequest
-	9,  // 23: execgate.agent.v1.AgentService.ApplyPodPolicy:output_type -> execgate.agent.v1.ApplyPodPolicyResponse
-	11, // 24: execgate.agent.v1.AgentService.RemovePod:output_type -> execgate.agent.v1.RemovePodResponse
-	13, // 25: execgate.agent.v1.AgentService.RemovePolicy:output_type -> execgate.agent.v1.RemovePolicyResponse
-	18, // 26: execgate.agent.v1.AgentService.GetStatus:output_type -> execgate.agent.v1.AgentStatus
-	21, // 27: execgate.agent.v1.AgentService.WatchEvents:output_type -> execgate.agent.v1.ExecEvent
-	23, // [23:28] is the sub-list for method output_type
-	18, // [18:23] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	23, // 8: execgate.agent.v1.PodStatus.applied_at:type_name -> google.protobuf.Timestamp
+	0,  // 9: execgate.agent.v1.PolicyStatus.mode:type_name -> execgate.agent.v1.Mode
+	15, // 10: execgate.agent.v1.AgentStatus.pods:type_name -> execgate.agent.v1.PodStatus
+	16, // 11: execgate.agent.v1.AgentStatus.policies:type_name -> execgate.agent.v1.PolicyStatus
+	17, // 12: execgate.agent.v1.AgentStatus.maps:type_name -> execgate.agent.v1.MapStatus
+	3,  // 13: execgate.agent.v1.EventFilter.actions:type_name -> execgate.agent.v1.Action
+	19, // 14: execgate.agent.v1.WatchEventsRequest.filter:type_name -> execgate.agent.v1.EventFilter
+	23, // 15: execgate.agent.v1.ExecEvent.time:type_name -> google.protobuf.Timestamp
+	0,  // 16: execgate.agent.v1.ExecEvent.mode:type_name -> execgate.agent.v1.Mode
+	3,  // 17: execgate.agent.v1.ExecEvent.action:type_name -> execgate.agent.v1.Action
+	6,  // 18: execgate.agent.v1.Policy.RulesByContainerEntry.value:type_name -> execgate.agent.v1.Rules
+	8,  // 19: execgate.agent.v1.AgentService.ApplyPodPolicy:input_type -> execgate.agent.v1.ApplyPodPolicyRequest
+	10, // 20: execgate.agent.v1.AgentService.RemovePod:input_type -> execgate.agent.v1.RemovePodRequest
+	12, // 21: execgate.agent.v1.AgentService.RemovePolicy:input_type -> execgate.agent.v1.RemovePolicyRequest
+	14, // 22: execgate.agent.v1.AgentService.GetStatus:input_type -> execgate.agent.v1.GetStatusRequest
+	20, // 23: execgate.agent.v1.AgentService.WatchEvents:input_type -> execgate.agent.v1.WatchEventsRequest
+	9,  // 24: execgate.agent.v1.AgentService.ApplyPodPolicy:output_type -> execgate.agent.v1.ApplyPodPolicyResponse
+	11, // 25: execgate.agent.v1.AgentService.RemovePod:output_type -> execgate.agent.v1.RemovePodResponse
+	13, // 26: execgate.agent.v1.AgentService.RemovePolicy:output_type -> execgate.agent.v1.RemovePolicyResponse
+	18, // 27: execgate.agent.v1.AgentService.GetStatus:output_type -> execgate.agent.v1.AgentStatus
+	21, // 28: execgate.agent.v1.AgentService.WatchEvents:output_type -> execgate.agent.v1.ExecEvent
+	24, // [24:29] is the sub-list for method output_type
+	19, // [19:24] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_execgate_agent_v1_agent_proto_init() }

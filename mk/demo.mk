@@ -1,4 +1,5 @@
 .PHONY: demo
-# The demo needs root (BPF, cgroups) and the kernel tools of `make deps`.
-demo: deps
+# The demo needs root (BPF, cgroups), the kernel tools of `make deps` and the
+# control-plane binaries of `make tools` (built once, then reused).
+demo: deps tools
 	$(GO) run ./cmd/execgate-demo

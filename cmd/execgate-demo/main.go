@@ -1,7 +1,7 @@
-// Command execgate-demo shows execgate's enforcement on this machine's real
-// kernel: a policy in Protect mode, an allowed exec, a denied exec with its
-// violation event, then the same policy switched to Monitor. It cleans up
-// every cgroup and pin on exit, Ctrl-C included.
+// Command execgate-demo is `make demo`: a real control plane built from source, the
+// chart, the controller and its pods/binding webhook, one node's agent enforcing in
+// this machine's kernel, and a pod whose execs are allowed, denied, then reported.
+// It cleans up every process, cgroup and pin on exit, Ctrl-C included.
 package main
 
 import (
@@ -11,7 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/execgate/execgate/nodeagent/demo"
+	"github.com/execgate/execgate/test/e2e/demo"
 )
 
 func main() {
@@ -19,6 +19,7 @@ func main() {
 	defer stop()
 	if err := demo.Run(ctx, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
+		stop()
 		os.Exit(1)
 	}
 }

@@ -2,13 +2,11 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
-	"syscall"
 	"testing"
 	"time"
 
@@ -156,49 +154,17 @@ func node(t *testing.T, env *framework.Env, name string) *framework.Node {
 	return nil
 }
 
-// denied reports whether a command's error is execgate's denial: EPERM from exec
-// (lsm, fmod_ret) or SIGKILL at exec (exec_kill on kernels refusing trampolines).
-func denied(err error) bool {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
-			return true
-		}
-	}
-	return errors.Is(err, syscall.EPERM)
-}
+func denied(err error) bool { return framework.IsDenial(err) }
 
-// watchEvents subscribes to one pod's exec events on its node's agent; the channel
-// closes when the test ends.
+// watchEvents subscribes to one pod's exec events on its node's agent until the
+// test ends.
 func watchEvents(t *testing.T, n *framework.Node, ns, pod string) <-chan *agentv1.ExecEvent {
 	t.Helper()
-	c, err := n.AgentClient()
+	ch, stop, err := n.WatchEvents(context.Background(), &agentv1.EventFilter{Namespace: ns, Pod: pod})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stream, err := c.WatchEvents(ctx, &agentv1.WatchEventsRequest{Filter: &agentv1.EventFilter{Namespace: ns, Pod: pod}})
-	if err != nil {
-		cancel()
-		t.Fatalf("watch events on %s: %v", n.Name, err)
-	}
-	ch := make(chan *agentv1.ExecEvent, 64)
-	go func() {
-		defer close(ch)
-		for {
-			ev, err := stream.Recv()
-			if err != nil {
-				return
-			}
-			ch <- ev
-		}
-	}()
-	t.Cleanup(func() { cancel(); c.Close() })
-	// The subscription is registered when the server handles the call; a status
-	// round trip on the same connection orders us after it.
-	if _, err := c.GetStatus(context.Background(), &agentv1.GetStatusRequest{}); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(stop)
 	return ch
 }
 
@@ -268,4 +234,3 @@ func createNamespace(t *testing.T, env *framework.Env, ns string) {
 		t.Fatal(err)
 	}
 }
-

@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -435,6 +436,52 @@ func (n *Node) Status(ctx context.Context) (*agentv1.AgentStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	return c.GetStatus(ctx, &agentv1.GetStatusRequest{})
+}
+
+// WatchEvents subscribes to the agent's exec events matching filter. The
+// subscription is in place when it returns; stop ends it and closes the channel.
+func (n *Node) WatchEvents(ctx context.Context, filter *agentv1.EventFilter) (_ <-chan *agentv1.ExecEvent, stop func(), err error) {
+	c, err := n.AgentClient()
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	stop = func() { cancel(); c.Close() }
+	stream, err := c.WatchEvents(ctx, &agentv1.WatchEventsRequest{Filter: filter})
+	if err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("watch events on %s: %w", n.Name, err)
+	}
+	// The server registers the subscription while handling the call; a status
+	// round trip on the same connection orders the caller's next exec after it.
+	if _, err := c.GetStatus(ctx, &agentv1.GetStatusRequest{}); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	ch := make(chan *agentv1.ExecEvent, 64)
+	go func() {
+		defer close(ch)
+		for {
+			ev, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			ch <- ev
+		}
+	}()
+	return ch, stop, nil
+}
+
+// IsDenial tells execgate's denial of an exec from other failures: EPERM from
+// execve (lsm, fmod_ret attach modes), or SIGKILL at exec (exec_kill).
+func IsDenial(err error) bool {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			return true
+		}
+	}
+	return errors.Is(err, syscall.EPERM)
 }
 
 // AgentClient dials the node's agent directly with the controller's identity.

@@ -5,10 +5,10 @@
  * execgate: one shared program on the exec path.
  *
  * For every execve on the node the program answers one question: may the
- * task's cgroup run this file? The cost is a bounded walk up the task's
- * cgroup ancestry (usually 3-5 hash lookups) plus, only for tasks in a bound
- * cgroup, one path walk, one SipHash and one or two lookups. Nothing depends
- * on how many policies are loaded.
+ * task's cgroup run this file? The cost is one hash lookup per level of the
+ * task's cgroup (usually 3-5) plus, only for tasks in a bound cgroup, one
+ * path walk, one SipHash and two or three lookups. Nothing depends on how
+ * many policies are loaded.
  *
  * Attach points (the agent loads exactly one):
  *   lsm/bprm_creds_for_exec              BPF LSM, 5.7+, "bpf" in the LSM list
@@ -18,11 +18,15 @@
  *                                        a denied one is killed (SIGKILL)
  *                                        before its first instruction.
  * bprm->file is the file the kernel executes, so the decision is about the
- * real file (symlinks already resolved, no TOCTOU on the name).
+ * real file (symlinks already resolved, no TOCTOU on the name), named from
+ * the root of the task's mount namespace: a chroot changes nothing.
  *
  * Helpers and their kernels: bpf_probe_read_kernel(_str) 5.5,
  * bpf_ringbuf_output 5.8, bpf_ktime_get_boot_ns 5.8, bpf_get_current_task_btf
  * 5.11 and bpf_task_pt_regs 5.15 (argv only, gated by have_task_pt_regs).
+ * Cgroup ancestors are read with CO-RE (cgroup->ancestors[] 6.1+,
+ * ancestor_ids[] before), not bpf_get_current_ancestor_cgroup_id: tracing
+ * and LSM programs may call that helper only from 5.18.
  */
 #include "vmlinux_min.h"
 #include <bpf/bpf_helpers.h>
@@ -39,8 +43,12 @@ char LICENSE[] SEC("license") = "GPL";
 #define NAME_MAX_LEN 255
 /* Deeper paths are never allowed: see PATH_TOO_DEEP. */
 #define MAX_DEPTH 64
-/* Ancestors checked above the task's own cgroup (pod -> container nesting). */
-#define MAX_CGROUP_DEPTH 16
+/*
+ * Cgroup levels looked up, from the top: a binding deeper than this is never
+ * found (pod and container cgroups sit at levels 3-5), a task any deeper
+ * below a binding still is.
+ */
+#define MAX_LEVELS 64
 #define ARGV_LEN 512
 #define MAX_ARGS 32
 /* The LPM key holds the slot (4 bytes) and at most this many path bytes. */
@@ -66,9 +74,10 @@ enum path_flags {
 	PATH_TOO_LONG = 1 << 3,  /* longer than PATH_LEN - 1 */
 	ARGV_TRUNCATED = 1 << 4, /* more than ARGV_LEN bytes or MAX_ARGS args */
 	ARGV_MISSING = 1 << 5,   /* kernel older than 5.15 or not a plain execve */
+	FOREIGN_MNTNS = 1 << 6,  /* not the mount namespace pinned for the cgroup */
 	KILLED = 1 << 7,         /* exec_kill mode: denied by SIGKILL, not EPERM */
 	/* Any of these: the file has no name we can trust, never allowed. */
-	PATH_UNTRUSTED = PATH_DETACHED | PATH_DELETED | PATH_TOO_DEEP | PATH_TOO_LONG,
+	PATH_UNTRUSTED = PATH_DETACHED | PATH_DELETED | PATH_TOO_DEEP | PATH_TOO_LONG | FOREIGN_MNTNS,
 };
 
 enum binding_flags {
@@ -163,6 +172,22 @@ struct {
 	__type(value, struct binding);
 	__uint(max_entries, 2304); /* resized by the loader (--max-pods) */
 } bindings SEC(".maps");
+
+/*
+ * mntns_pins: the task's own cgroup id -> inode number of the mount namespace
+ * (ns.inum, as in /proc/PID/ns/mnt) of the first exec checked in that cgroup.
+ * Written only by this program, once per cgroup (BPF_NOEXIST). A container's
+ * processes share the mount namespace its runtime made before the first exec;
+ * an exec from any other one (unshare -m, setns) names its file in a tree the
+ * attacker may have mounted, so it is never allowed. Cgroup ids are never
+ * reused; entries of dead cgroups age out of the LRU.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(max_entries, 9216); /* resized by the loader (4 x --max-pods bindings) */
+} mntns_pins SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -285,21 +310,22 @@ static __always_inline __u64 siphash(const struct siphash_key *key, const char *
 }
 
 /*
- * resolve_path builds the path of f as d_path() would (relative to the
- * task's root, crossing mounts), right to left in s->path, and returns where
- * it starts: the path is s->path[*start, PATH_LEN), no NUL. Pseudo files
- * (memfd), unlinked files and paths beyond the bounds are flagged in *flags:
- * PATH_UNTRUSTED files are never allowed. One loop, one counter: the
- * verifier's work stays linear in MAX_DEPTH.
+ * resolve_path builds the path of f as d_path() would, crossing mounts, but
+ * from the root of the mount namespace ns_root, not from the task's root: a
+ * chrooted task cannot make /tmp/x/bin/sh pass for /bin/sh. Built right to
+ * left in s->path; returns where it starts: the path is
+ * s->path[*start, PATH_LEN), no NUL. Pseudo files (memfd), files on a mount
+ * tree other than the namespace's (a detached mount, another namespace's
+ * tree through /proc/PID/root), unlinked files and paths beyond the bounds
+ * are flagged in *flags: PATH_UNTRUSTED files are never allowed. One loop,
+ * one counter: the verifier's work stays linear in MAX_DEPTH.
  */
-static __always_inline __u32 resolve_path(struct scratch *s, struct file *f, struct task_struct *task,
+static __always_inline __u32 resolve_path(struct scratch *s, struct file *f, struct mount *ns_root,
 					  __u16 *flags, __u32 *start)
 {
 	__u64 mnt_off = bpf_core_field_offset(struct mount, mnt);
 	struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
 	struct vfsmount *vmnt = BPF_CORE_READ(f, f_path.mnt);
-	struct dentry *root_d = BPF_CORE_READ(task, fs, root.dentry);
-	struct vfsmount *root_m = BPF_CORE_READ(task, fs, root.mnt);
 	struct mount *mnt = (struct mount *)((void *)vmnt - mnt_off);
 	struct dentry *parent, *mnt_root;
 	struct mount *mnt_parent;
@@ -310,14 +336,15 @@ static __always_inline __u32 resolve_path(struct scratch *s, struct file *f, str
 		*flags |= PATH_DELETED;
 
 	for (i = 0; i < MAX_DEPTH; i++) {
-		if (d == root_d && vmnt == root_m)
-			break;
 		mnt_root = BPF_CORE_READ(vmnt, mnt_root);
 		parent = BPF_CORE_READ(d, d_parent);
 		if (d == mnt_root) {
 			mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
-			if (mnt_parent == mnt)
-				break; /* root of the mount tree */
+			if (mnt_parent == mnt) { /* root of a mount tree */
+				if (mnt != ns_root)
+					*flags |= PATH_DETACHED;
+				break;
+			}
 			d = BPF_CORE_READ(mnt, mnt_mountpoint);
 			mnt = mnt_parent;
 			vmnt = (struct vfsmount *)((void *)mnt + mnt_off);
@@ -470,6 +497,62 @@ static __always_inline void emit(struct scratch *s, struct task_struct *task, __
 		count(STAT_DROPPED);
 }
 
+/* The id of cg's ancestor at level (cg itself at its own level). */
+static __always_inline __u64 ancestor_id(struct cgroup *cg, int level)
+{
+	struct cgroup___ids *old = (void *)cg;
+
+	if (bpf_core_field_exists(cg->ancestors))
+		return BPF_CORE_READ(cg, ancestors[level], kn, id);
+	return BPF_CORE_READ(old, ancestor_ids[level]);
+}
+
+/*
+ * find_binding returns the binding of cg's deepest bound ancestor (cg
+ * included; a container's rules beat its pod's) and its id in *bound_id.
+ * Ancestors are indexed by level from the top, so nesting cgroups below a
+ * binding cannot walk the task out of reach: levels min(level, MAX_LEVELS)
+ * down to 1 are looked up, the first hit is the deepest. The root cgroup
+ * (level 0) is never bound.
+ */
+static __always_inline struct binding *find_binding(struct cgroup *cg, __u64 *bound_id)
+{
+	int level = BPF_CORE_READ(cg, level);
+	struct binding *b;
+	__u64 id;
+
+	if (level > MAX_LEVELS)
+		level = MAX_LEVELS;
+	for (int i = 0; i < MAX_LEVELS; i++) {
+		if (level - i < 1)
+			break;
+		id = ancestor_id(cg, level - i);
+		b = bpf_map_lookup_elem(&bindings, &id);
+		if (b) {
+			*bound_id = id;
+			return b;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * foreign_mntns pins the mount namespace of the first exec checked in the
+ * cgroup, and reports whether mntns is another one. Two first execs racing
+ * from two namespaces: one insert wins, the other is foreign.
+ */
+static __always_inline bool foreign_mntns(__u64 cgroup_id, __u32 mntns)
+{
+	__u32 *pinned = bpf_map_lookup_elem(&mntns_pins, &cgroup_id);
+
+	if (!pinned) {
+		if (!bpf_map_update_elem(&mntns_pins, &cgroup_id, &mntns, BPF_NOEXIST))
+			return false;
+		pinned = bpf_map_lookup_elem(&mntns_pins, &cgroup_id);
+	}
+	return !pinned || *pinned != mntns;
+}
+
 /*
  * decide returns -EPERM when the exec must not run. committed is true in
  * exec_kill mode, where the exec already happened and the caller kills.
@@ -478,8 +561,8 @@ static __always_inline int decide(struct linux_binprm *bprm, bool committed)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
-	struct binding bind, *found = NULL;
-	__u64 leaf_id = 0, bound_id = 0;
+	struct binding bind, *found;
+	__u64 leaf_id, bound_id = 0;
 	struct scratch *s;
 	struct siphash_key *key;
 	struct event *ev;
@@ -488,25 +571,11 @@ static __always_inline int decide(struct linux_binprm *bprm, bool committed)
 	bool allowed = false;
 	__u16 flags = 0;
 
-	for (int i = 0; i < MAX_CGROUP_DEPTH; i++) {
-		struct cgroup *parent;
-
-		if (!cg)
-			break;
-		parent = (struct cgroup *)BPF_CORE_READ(cg, self.parent);
-		if (!parent)
-			break; /* the root cgroup is never bound */
-		bound_id = BPF_CORE_READ(cg, kn, id);
-		if (i == 0)
-			leaf_id = bound_id;
-		found = bpf_map_lookup_elem(&bindings, &bound_id);
-		if (found)
-			break;
-		cg = parent;
-	}
+	found = find_binding(cg, &bound_id);
 	if (!found)
 		return 0;
 	bind = *found;
+	leaf_id = BPF_CORE_READ(cg, kn, id);
 
 	s = bpf_map_lookup_elem(&scratch, &zero);
 	key = bpf_map_lookup_elem(&config, &zero);
@@ -515,7 +584,9 @@ static __always_inline int decide(struct linux_binprm *bprm, bool committed)
 	ev = &s->ev;
 	count(STAT_CHECKED);
 
-	len = resolve_path(s, BPF_CORE_READ(bprm, file), task, &flags, &start);
+	len = resolve_path(s, BPF_CORE_READ(bprm, file), BPF_CORE_READ(task, nsproxy, mnt_ns, root), &flags, &start);
+	if (foreign_mntns(leaf_id, BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum)))
+		flags |= FOREIGN_MNTNS;
 	if (flags & PATH_UNTRUSTED) {
 		count(STAT_UNTRUSTED);
 	} else {

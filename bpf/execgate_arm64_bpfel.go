@@ -86,8 +86,9 @@ const (
 	ExecgatePathFlagsPATH_TOO_LONG  ExecgatePathFlags = 8
 	ExecgatePathFlagsARGV_TRUNCATED ExecgatePathFlags = 16
 	ExecgatePathFlagsARGV_MISSING   ExecgatePathFlags = 32
+	ExecgatePathFlagsFOREIGN_MNTNS  ExecgatePathFlags = 64
 	ExecgatePathFlagsKILLED         ExecgatePathFlags = 128
-	ExecgatePathFlagsPATH_UNTRUSTED ExecgatePathFlags = 15
+	ExecgatePathFlagsPATH_UNTRUSTED ExecgatePathFlags = 79
 )
 
 type ExecgatePrefixKey struct {
@@ -132,6 +133,7 @@ const (
 	ExecgateMapConfig            = "config"
 	ExecgateMapEvents            = "events"
 	ExecgateMapExactRules        = "exact_rules"
+	ExecgateMapMntnsPins         = "mntns_pins"
 	ExecgateMapPrefixRules       = "prefix_rules"
 	ExecgateMapScratch           = "scratch"
 	ExecgateMapStats             = "stats"
@@ -197,6 +199,7 @@ type ExecgateMapSpecs struct {
 	Config      *ebpf.MapSpec `ebpf:"config"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	ExactRules  *ebpf.MapSpec `ebpf:"exact_rules"`
+	MntnsPins   *ebpf.MapSpec `ebpf:"mntns_pins"`
 	PrefixRules *ebpf.MapSpec `ebpf:"prefix_rules"`
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	Stats       *ebpf.MapSpec `ebpf:"stats"`
@@ -234,6 +237,7 @@ type ExecgateMaps struct {
 	Config      *ebpf.Map `ebpf:"config"`
 	Events      *ebpf.Map `ebpf:"events"`
 	ExactRules  *ebpf.Map `ebpf:"exact_rules"`
+	MntnsPins   *ebpf.Map `ebpf:"mntns_pins"`
 	PrefixRules *ebpf.Map `ebpf:"prefix_rules"`
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	Stats       *ebpf.Map `ebpf:"stats"`
@@ -245,6 +249,7 @@ func (m *ExecgateMaps) Close() error {
 		m.Config,
 		m.Events,
 		m.ExactRules,
+		m.MntnsPins,
 		m.PrefixRules,
 		m.Scratch,
 		m.Stats,

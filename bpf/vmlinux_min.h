@@ -25,12 +25,17 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_LPM_TRIE = 11,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 
 enum {
 	BPF_F_NO_PREALLOC = 1,
+};
+
+enum {
+	BPF_NOEXIST = 1,
 };
 
 struct qstr {
@@ -78,21 +83,34 @@ struct linux_binprm {
 	int argc;
 } __attribute__((preserve_access_index));
 
-struct fs_struct {
-	struct path root;
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct mnt_namespace {
+	struct ns_common ns;
+	struct mount *root;
+} __attribute__((preserve_access_index));
+
+struct nsproxy {
+	struct mnt_namespace *mnt_ns;
 } __attribute__((preserve_access_index));
 
 struct kernfs_node {
 	__u64 id;
 } __attribute__((preserve_access_index));
 
-struct cgroup_subsys_state {
-	struct cgroup_subsys_state *parent;
+/* 6.1+: ancestors[level] is the cgroup itself, ancestors[0] the root. */
+struct cgroup {
+	int level;
+	struct kernfs_node *kn;
+	struct cgroup *ancestors[];
 } __attribute__((preserve_access_index));
 
-struct cgroup {
-	struct cgroup_subsys_state self;
-	struct kernfs_node *kn;
+/* Before 6.1 the same array held the ancestors' ids (kernfs ids since 5.5). */
+struct cgroup___ids {
+	int level;
+	__u64 ancestor_ids[];
 } __attribute__((preserve_access_index));
 
 struct css_set {
@@ -110,7 +128,7 @@ struct task_struct {
 	int tgid;
 	struct task_struct *real_parent;
 	struct css_set *cgroups;
-	struct fs_struct *fs;
+	struct nsproxy *nsproxy;
 	struct mm_struct *mm;
 	char comm[16];
 } __attribute__((preserve_access_index));

@@ -26,9 +26,13 @@ deps:
 # Regenerates everything and fails if the committed files differ.
 verify-generated: deps
 	$(MAKE) generate
-	@git diff --exit-code --stat -- bpf api proto deploy/helm/execgate/crds || \
+	@git diff --exit-code --stat -- bpf api proto deploy/helm/execgate/crds benchmarks/peer || \
 		{ echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
+
+# CI_FUZZTIME bounds each fuzz target's random search in `make test` (make fuzz for longer).
+CI_FUZZTIME ?= 5s
 
 test: deps tools verify-generated
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(CI_FUZZTIME)

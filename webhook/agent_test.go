@@ -114,35 +114,46 @@ func newAgentFleet(t *testing.T) *agentFleet {
 	return f
 }
 
-// start runs an agent for node and returns its backend.
-func (f *agentFleet) start(t *testing.T, node string, delay time.Duration) *recordingBackend {
+// serve runs a real agent gRPC server (mTLS, the fleet's CA) for node on addr
+// ("127.0.0.1:0" for any port) over backend, until the returned stop is called.
+func (f *agentFleet) serve(t *testing.T, node, addr string, backend server.Backend) (string, func()) {
 	t.Helper()
-	b := newRecordingBackend()
-	b.delay = delay
 	certFile, keyFile := f.ca.ServerCert(t).WriteFiles(t, t.TempDir(), "agent")
 	srv, err := server.New(server.Config{
 		NodeName: node, CertFile: certFile, KeyFile: keyFile,
 		ClientCAFile:            filepath.Join(f.dir, "ca.crt"),
 		AllowedClientIdentities: []string{"execgate-webhook"},
 		ShutdownGracePeriod:     time.Second,
-	}, b, zaptest.NewLogger(t).Named(node), nil)
+	}, backend, zaptest.NewLogger(t).Named(node), nil)
 	if err != nil {
 		t.Fatalf("agent server: %v", err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, lis) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent %s: Serve: %v", node, err)
-		}
-	})
-	f.endpoints[node] = lis.Addr().String()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent %s: Serve: %v", node, err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return lis.Addr().String(), stop
+}
+
+// start runs an agent for node and returns its backend.
+func (f *agentFleet) start(t *testing.T, node string, delay time.Duration) *recordingBackend {
+	t.Helper()
+	b := newRecordingBackend()
+	b.delay = delay
+	f.endpoints[node], _ = f.serve(t, node, "127.0.0.1:0", b)
 	f.backends[node] = b
 	return b
 }

@@ -49,6 +49,24 @@ var (
 	}, []string{"webhook"})
 )
 
+// Agent event streams and violations (agentstream.go, violations.go). Violation labels
+// are bounded by the policies in use: never pod, container or path.
+var (
+	agentEventStreams = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "execgate_controller_agent_event_streams",
+		Help: "WatchEvents streams open to node agents (one per agent while it is reachable).",
+	})
+	violationsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "execgate_controller_violations_total",
+		Help: "Monitor (reported) and Protect (denied) violations received from node agents, by namespace, policy and action.",
+	}, []string{"namespace", "policy", "action"})
+	violationEventWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "execgate_controller_violation_event_writes_total",
+		Help: "Kubernetes Event writes for violations, by result (created, updated, failed; evicted: a series dropped from memory with violations not yet written).",
+	}, []string{"result"})
+)
+
 func init() {
 	metrics.Registry.MustRegister(bindingsTotal, pushesTotal, pushDuration, webhookDuration)
+	metrics.Registry.MustRegister(agentEventStreams, violationsTotal, violationEventWrites)
 }

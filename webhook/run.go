@@ -156,6 +156,14 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return err
 	}
+	// Leader only: one WatchEvents stream per agent; violations become aggregated pod
+	// Events, Learn events merge into one WorkloadPolicyProposal per workload.
+	violations := &ViolationEvents{Client: mgr.GetClient(), Log: log.Named("violations")}
+	learner := &ProposalLearner{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Log: log.Named("learn")}
+	agentEvents := &AgentEventStream{Nodes: directory, Agents: pool, Sinks: []ExecEventSink{violations, learner}, Log: log.Named("agent-events")}
+	if err := errors.Join(mgr.Add(violations), mgr.Add(learner), mgr.Add(agentEvents)); err != nil {
+		return fmt.Errorf("agent event stream: %w", err)
+	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return fmt.Errorf("health check: %w", err)
 	}

@@ -12,13 +12,18 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1alpha1 "github.com/execgate/execgate/api/v1alpha1"
+	"github.com/execgate/execgate/internal/execpath"
 )
 
 // These tests read the committed CRDs, so they catch markers that did not make it into
 // the schema and limits that drifted from the Go constants. They cannot evaluate CEL: the
 // CEL library is not a dependency of this module. The rules were checked once with
 // apiextensions-apiserver's own CRD validation (CEL compilation and cost estimate) and
-// evaluation in a scratch module; running them in a real kube-apiserver is test/e2e's job.
+// evaluation in a scratch module (again on 2026-11-25 after the "/" and dynamic-loader
+// rules were added: no cost errors, and the CEL verdicts equal execpath.Check on every
+// loader name, loader directory and edge case; the harness's kube-apiserver v1.37.2
+// accepted the CRD and agreed with execpath on 14 edge cases); running them in a real
+// kube-apiserver on every change is test/e2e's job.
 
 const crdDir = "../../deploy/helm/execgate/crds"
 
@@ -116,8 +121,25 @@ func checkRulesSchema(t *testing.T, spec *apiextensionsv1.JSONSchemaProps) *apie
 	if item.MaxLength == nil || *item.MaxLength != v1alpha1.MaxPathLength {
 		t.Errorf("executables[].maxLength = %v, want %d", item.MaxLength, v1alpha1.MaxPathLength)
 	}
-	wantRules(t, "executables[]", item, `self.startsWith('/')`, `size(self) <= 252`)
+	wantRules(t, "executables[]", item, `self.startsWith('/')`, `size(self) <= 252`, `self != '/'`,
+		`!self.endsWith('/ld-linux-x86-64.so.2')`, `!(self in ['/usr/'`)
 	return item
+}
+
+// quotedIn returns the single-quoted CEL string literals of the rule containing fragment.
+func quotedIn(t *testing.T, s *apiextensionsv1.JSONSchemaProps, fragment string) []string {
+	t.Helper()
+	for _, r := range s.XValidations {
+		if strings.Contains(r.Rule, fragment) {
+			var out []string
+			for _, m := range regexp.MustCompile(`'([^']*)'`).FindAllStringSubmatch(r.Rule, -1) {
+				out = append(out, m[1])
+			}
+			return out
+		}
+	}
+	t.Fatalf("no rule with %q", fragment)
+	return nil
 }
 
 func TestWorkloadPolicyCRD(t *testing.T) {
@@ -192,10 +214,25 @@ func TestExecutableSchemaMatchesGo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("executables[].pattern %q: %v", item.Pattern, err)
 	}
+	// The loader rules list their constants; they must be execpath's, in any order.
+	var loaders []string
+	for _, suffix := range quotedIn(t, item, `self.endsWith('/ld-linux-x86-64.so.2')`) {
+		loaders = append(loaders, strings.TrimPrefix(suffix, "/"))
+	}
+	loaderDirs := quotedIn(t, item, `self in [`)
+	if want := execpath.DynamicLoaders(); !sameSet(loaders, want) {
+		t.Errorf("CRD loader rule names %q, execpath refuses %q: update the marker in rules_types.go", loaders, want)
+	}
+	if want := execpath.LoaderDirs(); !sameSet(loaderDirs, want) {
+		t.Errorf("CRD loader directory rule lists %q, execpath refuses %q: update the marker in rules_types.go", loaderDirs, want)
+	}
 	schemaAccepts := func(p string) bool {
 		return len(p) >= 1 && len(p) <= int(*item.MaxLength) && pattern.MatchString(p) &&
 			strings.HasPrefix(p, "/") && // CEL: self.startsWith('/')
-			(!strings.HasSuffix(p, "/") || len(p) <= 252) // CEL: prefix rule length
+			(!strings.HasSuffix(p, "/") || len(p) <= 252) && // CEL: prefix rule length
+			p != "/" && // CEL: self != '/'
+			!slices.ContainsFunc(loaders, func(l string) bool { return strings.HasSuffix(p, "/"+l) }) &&
+			!slices.Contains(loaderDirs, p)
 	}
 	check := func(p string) {
 		if s, g := schemaAccepts(p), v1alpha1.ValidateExecutable(p) == nil; s != g {
@@ -215,7 +252,24 @@ func TestExecutableSchemaMatchesGo(t *testing.T) {
 	}
 	walk("", 8)
 	long := strings.Repeat("a", 4096)
-	for _, p := range []string{"/" + long[:4094], "/" + long[:4095], "/" + long[:250] + "/", "/" + long[:251] + "/", "/usr/.hidden/...", "/usr/bin/python3.12"} {
+	for _, p := range []string{"/" + long[:4094], "/" + long[:4095], "/" + long[:250] + "/", "/" + long[:251] + "/", "/usr/.hidden/...", "/usr/bin/python3.12",
+		"/opt/日本語/実行", "/usr/bin/", "/usr/local/", "/usr/bin/ld.so.bak", "/opt/xld.so"} {
 		check(p)
 	}
+	for _, l := range execpath.DynamicLoaders() {
+		check("/opt/" + l)
+		check("/opt/" + l + "/")
+	}
+	for _, d := range execpath.LoaderDirs() {
+		check(d)
+		check(d + "sub/")
+		check(strings.TrimSuffix(d, "/"))
+	}
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }

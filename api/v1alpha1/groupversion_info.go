@@ -35,6 +35,7 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 	scheme.AddKnownTypes(GroupVersion,
 		&WorkloadPolicy{}, &WorkloadPolicyList{},
 		&WorkloadPolicyProposal{}, &WorkloadPolicyProposalList{},
+		&ExecgateNode{}, &ExecgateNodeList{},
 	)
 	metav1.AddToGroupVersion(scheme, GroupVersion)
 	return nil

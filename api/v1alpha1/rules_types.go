@@ -1,5 +1,7 @@
 package v1alpha1
 
+import "github.com/execgate/execgate/internal/execpath"
+
 // Limits of a rule set. They come from the kernel side of execgate: a path longer than
 // PATH_MAX-1 can never be executed, and the BPF LPM trie that holds directory prefix rules
 // has a fixed 252-byte key (see bpf/). The counts keep one object well under etcd's
@@ -13,10 +15,10 @@ const (
 	// MaxExecutablesPerContainer is the most entries one ContainerRules may list.
 	MaxExecutablesPerContainer = 1024
 	// MaxPathLength is the longest executable path, in bytes (PATH_MAX without its NUL).
-	MaxPathLength = 4095
+	MaxPathLength = execpath.MaxLen
 	// MaxPrefixRuleLength is the longest directory prefix rule, in bytes, including its
 	// trailing "/": the key size of the kernel's prefix-match map.
-	MaxPrefixRuleLength = 252
+	MaxPrefixRuleLength = execpath.MaxPrefixLen
 )
 
 // RulesByContainer maps a container name to the executables that container may run.
@@ -48,14 +50,23 @@ type ContainerRules struct {
 	// times 64 containers x 1024 entries of 4095 bytes, is over the API server's budget
 	// for a CRD. The pattern reads: "/", then segments that are neither empty (which
 	// would make "//"), "." nor "..", no NUL byte, and an optional trailing "/".
+	// The CEL rules compare with short constants only (startsWith, endsWith, ==, in),
+	// whose estimated cost does not grow with the path; a macro such as
+	// [...].exists(n, self.endsWith(n)) would, hence the && chain for the loaders.
+	// Together they are internal/execpath's rules (crd_test.go checks both agree);
+	// invalid UTF-8, which execpath also refuses, cannot reach the API server at all
+	// (JSON is UTF-8).
 
 	// Executables lists the absolute paths the container may execute. The path is the one
 	// the kernel executes: symlinks and "." or ".." segments resolved, so write
 	// "/usr/bin/python3.12" rather than "/usr/bin/python3" if the latter is a symlink.
 	// An entry ending in "/" is a directory prefix rule: it allows every file below that
-	// directory, at any depth ("/opt/app/" allows "/opt/app/bin/server"). "/" alone allows
-	// everything.
+	// directory, at any depth ("/opt/app/" allows "/opt/app/bin/server"). "/" alone is
+	// refused: it would allow everything.
 	// Paths are clean: no "//", no "." or ".." segments, no NUL byte.
+	// Dynamic loaders (ld-linux-*.so.*, ld-musl-*.so.1) and the directories that hold them
+	// (/lib/, /usr/lib/, /usr/, ...) are refused: "ld.so /any/file" runs any readable file,
+	// so allowing the loader would allow everything.
 	// Limits: at most 1024 entries, paths of at most 4095 bytes, prefix rules of at most
 	// 252 bytes.
 	// +optional
@@ -66,5 +77,8 @@ type ContainerRules struct {
 	// +kubebuilder:validation:items:XValidation:rule="self.startsWith('/')",message="must be an absolute path (start with \"/\")"
 	// +kubebuilder:validation:items:Pattern=`^/(?:(?:[^/.\x00][^/\x00]*|\.[^/.\x00][^/\x00]*|\.\.[^/\x00]+)(?:/(?:[^/.\x00][^/\x00]*|\.[^/.\x00][^/\x00]*|\.\.[^/\x00]+))*/?)?$`
 	// +kubebuilder:validation:items:XValidation:rule="!self.endsWith('/') || size(self) <= 252",message="a directory prefix rule (ending in \"/\") must be at most 252 bytes long, the key size of the kernel's prefix-match map"
+	// +kubebuilder:validation:items:XValidation:rule="self != '/'",message="\"/\" would allow every file; list directories such as /usr/bin/ instead"
+	// +kubebuilder:validation:items:XValidation:rule="!self.endsWith('/ld.so') && !self.endsWith('/ld.so.1') && !self.endsWith('/ld64.so.1') && !self.endsWith('/ld64.so.2') && !self.endsWith('/ld-linux.so.2') && !self.endsWith('/ld-linux.so.3') && !self.endsWith('/ld-linux-x86-64.so.2') && !self.endsWith('/ld-linux-x32.so.2') && !self.endsWith('/ld-linux-aarch64.so.1') && !self.endsWith('/ld-linux-aarch64_be.so.1') && !self.endsWith('/ld-linux-armhf.so.3') && !self.endsWith('/ld-linux-riscv64-lp64d.so.1') && !self.endsWith('/ld-linux-loongarch-lp64d.so.1') && !self.endsWith('/ld-musl-x86_64.so.1') && !self.endsWith('/ld-musl-i386.so.1') && !self.endsWith('/ld-musl-aarch64.so.1') && !self.endsWith('/ld-musl-armhf.so.1') && !self.endsWith('/ld-musl-arm.so.1') && !self.endsWith('/ld-musl-ppc64le.so.1') && !self.endsWith('/ld-musl-s390x.so.1') && !self.endsWith('/ld-musl-riscv64.so.1')",message="a dynamic loader may not be listed: \"ld.so /any/file\" runs any readable file, so allowing it allows everything; programs do not need it listed"
+	// +kubebuilder:validation:items:XValidation:rule="!(self in ['/usr/', '/lib/', '/lib64/', '/lib32/', '/libx32/', '/usr/lib/', '/usr/lib64/', '/usr/lib32/', '/usr/libx32/', '/lib/x86_64-linux-gnu/', '/usr/lib/x86_64-linux-gnu/', '/lib/aarch64-linux-gnu/', '/usr/lib/aarch64-linux-gnu/', '/lib/i386-linux-gnu/', '/usr/lib/i386-linux-gnu/', '/lib/arm-linux-gnueabihf/', '/usr/lib/arm-linux-gnueabihf/'])",message="this directory holds the dynamic loader (ld.so) on common distributions, which would let any readable file run; list narrower directories or the executables themselves"
 	Executables []string `json:"executables,omitempty"`
 }

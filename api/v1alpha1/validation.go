@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/execgate/execgate/internal/execpath"
 )
 
 // These checks repeat the CRD schema's OpenAPI and CEL rules in Go. The API server is the
@@ -23,7 +25,7 @@ const maxReportedProblems = 16
 func (p *WorkloadPolicy) Validate() error {
 	var v problems
 	if n := len(p.Name); n > 63 {
-		v.addf("metadata.name: %q is %d characters long; pods name the policy in the label %s, whose values are limited to 63 characters", p.Name, n, PolicyLabel)
+		v.addf("metadata.name: %s is %d characters long; pods name the policy in the label %s, whose values are limited to 63 characters", quote(p.Name), n, PolicyLabel)
 	}
 	spec := field("spec")
 	switch p.Spec.Mode {
@@ -31,7 +33,7 @@ func (p *WorkloadPolicy) Validate() error {
 	case "":
 		v.addf("%s.mode: required; set one of Learn, Monitor, Protect", spec)
 	default:
-		v.addf("%s.mode: %q is not a mode; set one of Learn, Monitor, Protect", spec, p.Spec.Mode)
+		v.addf("%s.mode: %s is not a mode; set one of Learn, Monitor, Protect", spec, quote(string(p.Spec.Mode)))
 	}
 	rules := spec + ".rulesByContainer"
 	validateRules(&v, rules, p.Spec.RulesByContainer)
@@ -41,7 +43,7 @@ func (p *WorkloadPolicy) Validate() error {
 		}
 		for _, c := range sortedKeys(p.Spec.RulesByContainer) {
 			if len(p.Spec.RulesByContainer[c].Executables) == 0 {
-				v.addf("%s[%q].executables: mode %s needs at least one executable; a container that may execute nothing cannot start", rules, c, p.Spec.Mode)
+				v.addf("%s[%s].executables: mode %s needs at least one executable; a container that may execute nothing cannot start", rules, quote(c), p.Spec.Mode)
 			}
 		}
 	}
@@ -58,37 +60,34 @@ func (p *WorkloadPolicyProposal) Validate() error {
 	switch w.Kind {
 	case "Deployment", "StatefulSet", "DaemonSet":
 		if !strings.HasPrefix(w.APIVersion, "apps/") {
-			v.addf("%s.apiVersion: %q does not match kind %s; use apps/v1", wf, w.APIVersion, w.Kind)
+			v.addf("%s.apiVersion: %s does not match kind %s; use apps/v1", wf, quote(w.APIVersion), w.Kind)
 		}
 	case "CronJob", "Job":
 		if !strings.HasPrefix(w.APIVersion, "batch/") {
-			v.addf("%s.apiVersion: %q does not match kind %s; use batch/v1", wf, w.APIVersion, w.Kind)
+			v.addf("%s.apiVersion: %s does not match kind %s; use batch/v1", wf, quote(w.APIVersion), w.Kind)
 		}
 	case "Pod":
 		if w.APIVersion == "" || strings.Contains(w.APIVersion, "/") {
-			v.addf("%s.apiVersion: %q does not match kind Pod; use v1", wf, w.APIVersion)
+			v.addf("%s.apiVersion: %s does not match kind Pod; use v1", wf, quote(w.APIVersion))
 		}
 	default:
-		v.addf("%s.kind: %q is not a workload kind; set one of Deployment, StatefulSet, DaemonSet, CronJob, Job, Pod", wf, w.Kind)
+		v.addf("%s.kind: %s is not a workload kind; set one of Deployment, StatefulSet, DaemonSet, CronJob, Job, Pod", wf, quote(w.Kind))
 	}
 	if len(w.APIVersion) > 64 {
 		v.addf("%s.apiVersion: is %d characters long; at most 64 are allowed", wf, len(w.APIVersion))
 	}
 	for _, msg := range validation.IsDNS1123Subdomain(w.Name) {
-		v.addf("%s.name: %q is not a valid object name: %s", wf, w.Name, msg)
+		v.addf("%s.name: %s is not a valid object name: %s", wf, quote(w.Name), msg)
 	}
 	validateRules(&v, "spec.rulesByContainer", p.Spec.RulesByContainer)
 	return v.err()
 }
 
 // ValidateExecutable checks one entry of ContainerRules.Executables and returns nil or
-// the reason it is invalid, without a field path. The node agent uses it to skip paths it
-// could not record (a learnt path is always canonical, but may be too long).
+// the reason it is invalid, without a field path. The rules are internal/execpath's, which
+// the node agent's gRPC server and its kernel loader apply too.
 func ValidateExecutable(path string) error {
-	if msg := executableProblem(path); msg != "" {
-		return fmt.Errorf("%q %s", path, msg)
-	}
-	return nil
+	return execpath.Check(path)
 }
 
 func validateRules(v *problems, at field, rules RulesByContainer) {
@@ -98,56 +97,27 @@ func validateRules(v *problems, at field, rules RulesByContainer) {
 	for _, c := range sortedKeys(rules) {
 		if c != AnyContainer {
 			for _, msg := range validation.IsDNS1123Label(c) {
-				v.addf("%s: key %q is not a container name (%s); use the container's name, or \"*\" for any container not listed", at, c, msg)
+				v.addf("%s: key %s is not a container name (%s); use the container's name, or \"*\" for any container not listed", at, quote(c), msg)
 			}
 		}
-		exe := field(fmt.Sprintf("%s[%q].executables", at, c))
+		exe := field(fmt.Sprintf("%s[%s].executables", at, quote(c)))
 		paths := rules[c].Executables
 		if n := len(paths); n > MaxExecutablesPerContainer {
 			v.addf("%s: has %d entries; at most %d are allowed (use a directory prefix rule ending in \"/\" to cover many files)", exe, n, MaxExecutablesPerContainer)
 		}
 		seen := make(map[string]int, len(paths))
 		for i, path := range paths {
-			if msg := executableProblem(path); msg != "" {
-				v.addf("%s[%d]: %q %s", exe, i, path, msg)
+			if msg := execpath.Problem(path); msg != "" {
+				v.addf("%s[%d]: %s %s", exe, i, quote(path), msg)
 			}
 			// listType=set: the API server rejects duplicates too.
 			if first, dup := seen[path]; dup {
-				v.addf("%s[%d]: %q duplicates entry %d; list each path once", exe, i, path, first)
+				v.addf("%s[%d]: %s duplicates entry %d; list each path once", exe, i, quote(path), first)
 			} else {
 				seen[path] = i
 			}
 		}
 	}
-}
-
-// executableProblem returns what is wrong with one executable path, phrased to follow the
-// quoted path, or "" when it is valid.
-func executableProblem(path string) string {
-	switch {
-	case path == "":
-		return "is empty; write an absolute path such as /usr/bin/id"
-	case len(path) > MaxPathLength:
-		return fmt.Sprintf("is %d bytes long; the kernel executes paths of at most %d bytes", len(path), MaxPathLength)
-	case path[0] != '/':
-		return "is not an absolute path; start it with \"/\""
-	case strings.IndexByte(path, 0) >= 0:
-		return "contains a NUL byte"
-	case strings.Contains(path, "//"):
-		return "contains \"//\"; write the path with single slashes"
-	case hasDotSegment(path):
-		return "contains a \".\" or \"..\" segment; write the resolved path, as the kernel executes it"
-	case strings.HasSuffix(path, "/") && len(path) > MaxPrefixRuleLength:
-		return fmt.Sprintf("is a directory prefix rule (ends in \"/\") of %d bytes; prefix rules are limited to %d bytes by the kernel's prefix-match map", len(path), MaxPrefixRuleLength)
-	}
-	return ""
-}
-
-// hasDotSegment mirrors the schema's contains/endsWith rules: a "." or ".." segment can
-// only be in the middle or at the end, since the path starts with "/".
-func hasDotSegment(path string) bool {
-	return strings.Contains(path, "/./") || strings.HasSuffix(path, "/.") ||
-		strings.Contains(path, "/../") || strings.HasSuffix(path, "/..")
 }
 
 func sortedKeys(rules RulesByContainer) []string {
@@ -158,6 +128,10 @@ func sortedKeys(rules RulesByContainer) []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// quote quotes a value for a message, cut to 80 bytes: a bad object says what is wrong
+// with a 4 KiB path or key without repeating it.
+func quote(s string) string { return execpath.Quote(s) }
 
 // field is the JSON path of a field, as the messages print it.
 type field string

@@ -46,7 +46,6 @@ func TestWorkloadPolicyValidate(t *testing.T) {
 			"web": exe("/usr/bin/id", "/opt/app/", "/usr/lib/.hidden/..x/..."),
 			"*":   exe("/bin/sh"),
 		}), nil},
-		{"root prefix allows everything", policy(v1alpha1.ModeMonitor, v1alpha1.RulesByContainer{"debug": exe("/")}), nil},
 		{"learn without rules", policy(v1alpha1.ModeLearn, nil), nil},
 		{"learn with an empty container", policy(v1alpha1.ModeLearn, v1alpha1.RulesByContainer{"web": {}}), nil},
 		{"limits reached", policy(v1alpha1.ModeProtect, v1alpha1.RulesByContainer{
@@ -80,6 +79,14 @@ func TestWorkloadPolicyValidate(t *testing.T) {
 			[]string{`contains a "." or ".." segment`}},
 		{"path too long", policy(v1alpha1.ModeLearn, v1alpha1.RulesByContainer{"web": exe("/" + strings.Repeat("a", 4095))}),
 			[]string{`is 4096 bytes long; the kernel executes paths of at most 4095 bytes`}},
+		{"root prefix would allow everything", policy(v1alpha1.ModeMonitor, v1alpha1.RulesByContainer{"debug": exe("/")}),
+			[]string{`spec.rulesByContainer["debug"].executables[0]: "/" would allow every file`}},
+		{"dynamic loader", policy(v1alpha1.ModeProtect, v1alpha1.RulesByContainer{"web": exe("/usr/bin/id", "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")}),
+			[]string{`executables[1]: "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" is a dynamic loader`, "allows everything"}},
+		{"directory holding the loader", policy(v1alpha1.ModeProtect, v1alpha1.RulesByContainer{"web": exe("/usr/lib/")}),
+			[]string{`executables[0]: "/usr/lib/" is a directory that holds the dynamic loader`}},
+		{"invalid UTF-8", policy(v1alpha1.ModeLearn, v1alpha1.RulesByContainer{"web": exe("/bin/\xff")}),
+			[]string{`executables[0]: "/bin/\xff" is not valid UTF-8`}},
 		{"prefix rule too long", policy(v1alpha1.ModeLearn, v1alpha1.RulesByContainer{"web": exe("/" + strings.Repeat("a", 251) + "/")}),
 			[]string{`is a directory prefix rule (ends in "/") of 253 bytes; prefix rules are limited to 252 bytes`}},
 		{"duplicate path", policy(v1alpha1.ModeLearn, v1alpha1.RulesByContainer{"web": exe("/a", "/b", "/a")}),
@@ -158,11 +165,13 @@ func TestWorkloadPolicyProposalValidate(t *testing.T) {
 
 func TestValidateExecutable(t *testing.T) {
 	for path, want := range map[string]string{
-		"/usr/bin/id": "",
-		"/opt/app/":   "",
-		"/":           "",
-		"id":          `"id" is not an absolute path; start it with "/"`,
-		"/a/./b":      `"/a/./b" contains a "." or ".." segment`,
+		"/usr/bin/id":                 "",
+		"/opt/app/":                   "",
+		"/":                           `"/" would allow every file`,
+		"/lib64/ld-linux-x86-64.so.2": `"/lib64/ld-linux-x86-64.so.2" is a dynamic loader`,
+		"/opt/日本/app":                 "",
+		"id":                          `"id" is not an absolute path; start it with "/"`,
+		"/a/./b":                      `"/a/./b" contains a "." or ".." segment`,
 	} {
 		err := v1alpha1.ValidateExecutable(path)
 		if want == "" {

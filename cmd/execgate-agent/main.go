@@ -38,6 +38,7 @@ func main() {
 	flag.IntVar(&cfg.MaxEntries, "max-entries", 65536, "exact allowlist entries across all policies")
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for the backstop watch (empty = in-cluster, or no backstop)")
 	flag.DurationVar(&cfg.GCInterval, "gc-interval", 30*time.Second, "period of the sweep that drops dead cgroups and unused policies")
+	flag.DurationVar(&cfg.NodeStatusInterval, "node-status-interval", 30*time.Second, "shortest time between two ExecgateNode status writes that change only counters (pod and policy changes are written within seconds)")
 	flag.BoolVar(&cleanup, "cleanup", false, "remove every pin in --bpffs (stops enforcement) and exit")
 	flag.Parse()
 

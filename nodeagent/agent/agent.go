@@ -63,11 +63,18 @@ type Agent struct {
 	pods    map[string]*podState // pod uid -> state
 	owners  map[uint64]owner     // bound cgroup id -> pod and container
 	pending *lru.Cache[string, time.Time]
+	// gone remembers the UIDs of pods deleted from the API server. UIDs are
+	// never reused, so a push that arrives after the deletion (a reconciler
+	// or webhook call still in flight) is refused instead of re-adding a pod
+	// that no event would ever remove again.
+	gone *lru.Cache[string, struct{}]
 	// policyUIDs remembers the object uid of each policy key, to refuse a
 	// recreated policy (whose generation restarts at 1) silently losing.
 	policyUIDs map[enforcer.PolicyKey]string
 
 	subs subscribers
+	// learn dedupes and replays Learn events (learn.go); guarded by mu.
+	learn learnState
 
 	ready     atomic.Bool
 	runCalled atomic.Bool
@@ -139,6 +146,10 @@ func New(opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
+	gone, err := lru.New[string, struct{}](goneCapacity)
+	if err != nil {
+		return nil, err
+	}
 	pending, err := lru.New[string, time.Time](opts.MaxPending)
 	if err != nil {
 		return nil, fmt.Errorf("agent: pending set: %w", err)
@@ -154,6 +165,7 @@ func New(opts Options) (*Agent, error) {
 		pods:       map[string]*podState{},
 		owners:     map[uint64]owner{},
 		pending:    pending,
+		gone:       gone,
 		policyUIDs: map[enforcer.PolicyKey]string{},
 	}
 	a.subs.init()
@@ -196,6 +208,9 @@ func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (ap
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.gone.Contains(pp.Pod.UID) {
+		return false, 0, fmt.Errorf("pod %s/%s (uid %s) was deleted: %w", pp.Pod.Namespace, pp.Pod.Name, pp.Pod.UID, podpolicy.ErrConflict)
+	}
 	if uid, ok := a.policyUIDs[pv.Key]; ok && pp.Policy.UID != "" && uid != "" && uid != pp.Policy.UID {
 		if a.policyUsersLocked(pv.Key, "") > 0 {
 			return false, 0, fmt.Errorf("policy %s was recreated (uid %s, loaded %s) while pods still use it: %w", pv.Key, pp.Policy.UID, uid, podpolicy.ErrConflict)
@@ -352,6 +367,7 @@ func (a *Agent) bindPodCgroupLocked(p *podState, id uint64) error {
 	}
 	p.podCgroup = id
 	a.owners[id] = owner{uid: p.uid}
+	a.learnBoundLocked(p)
 	return nil
 }
 
@@ -368,6 +384,7 @@ func (a *Agent) bindContainerLocked(p *podState, cid string, cg uint64) error {
 		return kernelError(fmt.Errorf("bind pod %s container %s cgroup %d to policy %s: %w", p.uid, name, cg, p.policy, err))
 	}
 	a.owners[cg] = owner{uid: p.uid, container: name}
+	a.learnBoundLocked(p)
 	return nil
 }
 
@@ -413,6 +430,25 @@ func (a *Agent) LearnContainers(uid string, containers []podpolicy.Container) er
 		}
 	}
 	return nil
+}
+
+// goneCapacity bounds the deleted-pod UIDs remembered: far more deletions than
+// can happen on one node while a push is in flight.
+const goneCapacity = 16384
+
+// PodDeleted forgets a pod the API server deleted (or that reached a terminal
+// phase) and refuses any later push for it.
+func (a *Agent) PodDeleted(ctx context.Context, uid string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gone.Add(uid, struct{}{})
+	if a.pods[uid] == nil {
+		return false, nil
+	}
+	return true, a.forgetPodLocked(uid)
 }
 
 // RemovePod implements server.Backend.

@@ -162,7 +162,7 @@ func (b *backstop) processNext(ctx context.Context) bool {
 func (b *backstop) reconcile(ctx context.Context, item backstopItem) error {
 	switch item.kind {
 	case itemRemovePod:
-		_, err := b.a.RemovePod(ctx, item.key)
+		_, err := b.a.PodDeleted(ctx, item.key)
 		return err
 	case itemPolicy:
 		ns, name, err := cache.SplitMetaNamespaceKey(item.key)
@@ -191,11 +191,18 @@ func (b *backstop) reconcilePod(ctx context.Context, pod *corev1.Pod) error {
 	if pod.Spec.NodeName != b.a.opts.NodeName {
 		return nil // the field selector should have kept it out
 	}
-	name, labelled := pod.Labels[v1alpha1.PolicyLabel]
-	if !labelled || pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
-		_, err := b.a.RemovePod(ctx, uid)
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		_, err := b.a.PodDeleted(ctx, uid) // every container has exited for good
 		return err
 	}
+	name, labelled := pod.Labels[v1alpha1.PolicyLabel]
+	if !labelled {
+		_, err := b.a.RemovePod(ctx, uid) // opted out; may opt in again
+		return err
+	}
+	// A terminating pod (deletionTimestamp set) keeps its enforcement: its
+	// containers run until the kubelet stops them, preStop hooks included.
+	// It is forgotten when the API server deletes it or its cgroups vanish.
 	obj, exists, err := b.policies.GetStore().GetByKey(pod.Namespace + "/" + name)
 	if err != nil {
 		return err

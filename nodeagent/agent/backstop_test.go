@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -16,6 +18,7 @@ import (
 	"github.com/execgate/execgate/api/v1alpha1"
 	"github.com/execgate/execgate/nodeagent/cgroups"
 	"github.com/execgate/execgate/nodeagent/enforcer"
+	"github.com/execgate/execgate/nodeagent/podpolicy"
 )
 
 func workloadPolicy(t *testing.T, generation int64, executables ...string) *unstructured.Unstructured {
@@ -86,5 +89,46 @@ func TestBPFBackstop(t *testing.T) {
 	assertNoEntries(t, e)
 	if st, _ := a.Status(ctx); len(st.Pods) != 0 {
 		t.Fatalf("pods left: %v", st.Pods)
+	}
+}
+
+// TestBPFDeletedPodsConverge: a push that arrives after its pod's deletion is
+// refused, and a waiting pod whose deletion event was missed is forgotten once
+// the API server confirms it is gone, while a waiting pod that exists is kept.
+func TestBPFDeletedPodsConverge(t *testing.T) {
+	n := newTestNodeEnv(t, cgroups.DriverSystemd)
+	e := n.newEnforcer(t)
+	exists := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "slow-start", UID: types.UID(podUID(21))},
+		Spec:       corev1.PodSpec{NodeName: testNode},
+	}
+	kube := kubefake.NewClientset(exists)
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{WorkloadPolicyResource: "WorkloadPolicyList"})
+	a := n.startAgent(t, e, func(o *Options) { o.Backstop = &Backstop{Kube: kube, Dynamic: dyn}; o.GCInterval = time.Millisecond })
+	ctx := context.Background()
+
+	for _, pp := range []*podpolicy.PodPolicy{
+		podPolicy(podUID(21), cgroups.QoSBurstable, protectApp(1)),
+		podPolicy(podUID(22), cgroups.QoSBurstable, protectApp(1)), // its deletion event was missed
+	} {
+		pp.Pod.Namespace, pp.Pod.Name = "ns", map[string]string{podUID(21): "slow-start", podUID(22): "missed"}[pp.Pod.UID]
+		if _, _, err := a.ApplyPodPolicy(ctx, pp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(5 * time.Millisecond) // both now waited longer than two GC periods
+	a.verifyWaitingPods(ctx)
+	st, err := a.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Pods) != 1 || st.Pods[0].Name != "slow-start" {
+		t.Fatalf("after verification the agent holds %v, want only slow-start", st.Pods)
+	}
+
+	late := podPolicy(podUID(22), cgroups.QoSBurstable, protectApp(2))
+	if _, _, err := a.ApplyPodPolicy(ctx, late); !errors.Is(err, podpolicy.ErrConflict) {
+		t.Fatalf("a push for a deleted pod must be refused with ErrConflict, got %v", err)
 	}
 }

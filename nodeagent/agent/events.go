@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -91,18 +92,33 @@ func matches(f podpolicy.EventFilter, ev *agentv1.ExecEvent) bool {
 		(len(f.Actions) == 0 || slices.Contains(f.Actions, podpolicy.Action(ev.GetAction())))
 }
 
-// fanOutEvents is the enforcer's only event consumer.
+// fanOutEvents is the enforcer's only event consumer. It also counts and logs
+// violations; the violation log is its own, so it needs no lock.
 func (a *Agent) fanOutEvents(ctx context.Context) {
+	vlog := newViolationLog(a.log, violationLogWindow, maxViolationLogKeys, maxViolationLinesPerWindow)
+	defer vlog.close()
+	tick := time.NewTicker(violationLogWindow / 4)
+	defer tick.Stop()
 	events := a.enf.Events()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case now := <-tick.C:
+			vlog.expire(now)
 		case ev, ok := <-events:
 			if !ok {
 				return
 			}
-			a.subs.publish(a.execEvent(ev))
+			if a.learnSuppressed(ev) {
+				continue
+			}
+			out := a.execEvent(ev)
+			a.subs.publish(out)
+			if isViolation(out.Action) {
+				a.metrics.violation(out)
+				vlog.observe(out, time.Now())
+			}
 		}
 	}
 }

@@ -8,6 +8,9 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/execgate/execgate/nodeagent/cgroups"
 	"github.com/execgate/execgate/nodeagent/enforcer"
@@ -30,6 +33,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { a.handleCgroupEvents(ctx); return nil })
 	g.Go(func() error { a.fanOutEvents(ctx); return nil })
 	g.Go(func() error { a.gcLoop(ctx); return nil })
+	g.Go(func() error { a.resyncLearnt(ctx); return nil })
 	if a.opts.Backstop != nil {
 		g.Go(func() error { return a.runBackstop(ctx) })
 	}
@@ -95,6 +99,7 @@ func (a *Agent) adopt() error {
 			a.markPendingLocked(uid)
 		}
 	}
+	a.learnAdoptedLocked()
 	a.log.Info("adopted enforced pods", zap.Int("pods", len(a.pods)), zap.Int("bindings", len(a.owners)),
 		zap.Int("pod_cgroups", len(snap.Pods)))
 	return nil
@@ -186,6 +191,7 @@ func (a *Agent) gcLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			a.Sweep()
+			a.verifyWaitingPods(ctx)
 		}
 	}
 }
@@ -256,4 +262,47 @@ func (a *Agent) Sweep() int {
 		a.log.Info("gc sweep removed dead state", zap.Int("removed", removed))
 	}
 	return removed
+}
+
+// verifyWaitingPods asks the API server about every pod that has waited for its
+// cgroup longer than two GC periods. A pod the API server no longer has (or has
+// under another UID) is forgotten for good. This is what makes the agent converge
+// when a deletion event was missed (watch gap across an API server restart) or a
+// push raced past it: without it such a pod would hold its policy until PendingTTL.
+// The API calls are made without holding a.mu.
+func (a *Agent) verifyWaitingPods(ctx context.Context) {
+	if a.opts.Backstop == nil || a.opts.Backstop.Kube == nil {
+		return
+	}
+	type waiting struct{ uid, namespace, name string }
+	var check []waiting
+	cutoff := time.Now().Add(-2 * a.opts.GCInterval)
+	a.mu.Lock()
+	for _, uid := range a.pending.Keys() {
+		since, ok := a.pending.Peek(uid)
+		if p := a.pods[uid]; ok && p != nil && since.Before(cutoff) && p.name != "" {
+			check = append(check, waiting{uid, p.namespace, p.name})
+		}
+	}
+	a.mu.Unlock()
+	for _, w := range check {
+		if ctx.Err() != nil {
+			return
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		pod, err := a.opts.Backstop.Kube.CoreV1().Pods(w.namespace).Get(cctx, w.name, metav1.GetOptions{})
+		cancel()
+		switch {
+		case apierrors.IsNotFound(err), err == nil && string(pod.UID) != w.uid,
+			err == nil && (pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed):
+			if removed, derr := a.PodDeleted(ctx, w.uid); derr != nil {
+				a.log.Warn("gc: forget deleted pod", zap.String("pod_uid", w.uid), zap.Error(derr))
+			} else if removed {
+				a.log.Info("gc: pod no longer exists in the API server; forgotten", zap.String("namespace", w.namespace),
+					zap.String("pod", w.name), zap.String("pod_uid", w.uid))
+			}
+		case err != nil:
+			a.log.Debug("gc: cannot check waiting pod", zap.String("pod_uid", w.uid), zap.Error(err))
+		}
+	}
 }

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	agentv1 "github.com/execgate/execgate/proto/execgate/agent/v1"
 )
 
 // metrics are the agent's own; gauges of kernel state are read from the
@@ -12,6 +15,7 @@ import (
 type metrics struct {
 	applyDuration *prometheus.HistogramVec
 	gcRemovals    prometheus.Counter
+	violations    *prometheus.CounterVec // namespace, policy, action
 }
 
 func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
@@ -25,8 +29,13 @@ func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
 			Name: "execgate_agent_gc_removals_total",
 			Help: "Dead bindings, expired pending pods and unused policies removed by the sweep.",
 		}),
+		// Labels are bounded by the policies in use: never pod, container or path.
+		violations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "execgate_agent_violations_total",
+			Help: "Monitor (reported) and Protect (denied) violations the agent received from the kernel, by namespace, policy and action. Events lost before the agent read them are in execgate_agent_events_dropped_total; the kernel's own count is execgate_agent_decisions_total.",
+		}, []string{"namespace", "policy", "action"}),
 	}
-	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, &stateCollector{a: a}} {
+	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, &stateCollector{a: a}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -45,6 +54,18 @@ func (m *metrics) observeApply(d time.Duration, err error) {
 	m.applyDuration.WithLabelValues(result).Observe(d.Seconds())
 }
 
+// violation counts a Monitor or Protect violation.
+func (m *metrics) violation(ev *agentv1.ExecEvent) {
+	if m == nil {
+		return
+	}
+	ns := ev.GetNamespace()
+	if ns == "" { // pod not known (yet): its policy is in the pod's namespace
+		ns, _, _ = strings.Cut(ev.GetPolicy(), "/")
+	}
+	m.violations.WithLabelValues(ns, ev.GetPolicy(), actionLabel(ev.GetAction())).Add(float64(max(ev.GetCount(), 1)))
+}
+
 func (m *metrics) gcRemoved(n int) {
 	if m != nil {
 		m.gcRemovals.Add(float64(n))
@@ -57,7 +78,9 @@ var (
 	descMapEntries = prometheus.NewDesc("execgate_agent_map_entries", "Entries execgate wrote in each BPF map.", []string{"map"}, nil)
 	descMapBytes   = prometheus.NewDesc("execgate_agent_map_bytes", "Kernel memory charged to each BPF map.", []string{"map"}, nil)
 	descDecisions  = prometheus.NewDesc("execgate_agent_decisions_total", "Exec decisions of the kernel program, by action.", []string{"action"}, nil)
-	descDropped    = prometheus.NewDesc("execgate_agent_events_dropped_total", "Exec events lost (ring buffer full, slow reader, slow subscribers).", nil, nil)
+	descDropped    = prometheus.NewDesc("execgate_agent_events_dropped_total",
+		"Exec events lost, by stage: ring_buffer (kernel ring buffer full), reader (the agent read too slowly), subscriber (a WatchEvents client read too slowly; counted once per client).",
+		[]string{"stage"}, nil)
 )
 
 // stateCollector reads the enforcer's state on every scrape.
@@ -87,6 +110,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, action := range []string{"checked", "allowed", "learned", "reported", "denied", "untrusted"} {
 		ch <- prometheus.MustNewConstMetric(descDecisions, prometheus.CounterValue, float64(st.Counters[action]), action)
 	}
-	dropped := st.Counters["dropped"] + st.UserDrops + c.a.subs.dropped.Load()
-	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(dropped))
+	for stage, n := range map[string]uint64{"ring_buffer": st.Counters["dropped"], "reader": st.UserDrops, "subscriber": c.a.subs.dropped.Load()} {
+		ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), stage)
+	}
 }

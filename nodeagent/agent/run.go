@@ -45,6 +45,7 @@ type Config struct {
 	MaxEntries          int
 	Kubeconfig          string
 	GCInterval          time.Duration
+	NodeStatusInterval  time.Duration // counters in the ExecgateNode status: at most this often; 0 = 30s
 }
 
 func (c *Config) validate() error {
@@ -60,6 +61,9 @@ func (c *Config) validate() error {
 	}
 	if c.GCInterval <= 0 {
 		problems = append(problems, "--gc-interval must be positive")
+	}
+	if c.NodeStatusInterval < 0 {
+		problems = append(problems, "--node-status-interval must not be negative")
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("invalid flags: %s", strings.Join(problems, "; "))
@@ -133,8 +137,20 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 
+	var nodeStatus *NodeStatusWriter // what this node enforces, for kubectl execgate
+	if backstop != nil {
+		nodeStatus, err = NewNodeStatusWriter(NodeStatusOptions{NodeName: cfg.NodeName, Source: a, Ready: a.Ready,
+			Kube: backstop.Kube, Dynamic: backstop.Dynamic, Interval: cfg.NodeStatusInterval, Logger: base})
+		if err != nil {
+			return err
+		}
+	}
+
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(ctx) })
+	if nodeStatus != nil {
+		g.Go(func() error { return nodeStatus.Run(ctx) })
+	}
 	g.Go(func() error { return srv.ListenAndServe(ctx) })
 	g.Go(func() error { return serveHTTP(ctx, cfg.MetricsAddr, metricsMux) })
 	g.Go(func() error { return serveHTTP(ctx, cfg.HealthAddr, healthMux) })

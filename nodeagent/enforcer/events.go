@@ -47,7 +47,10 @@ const (
 	FlagTooLong       = EventFlags(bpf.ExecgatePathFlagsPATH_TOO_LONG)
 	FlagArgvTruncated = EventFlags(bpf.ExecgatePathFlagsARGV_TRUNCATED)
 	FlagArgvMissing   = EventFlags(bpf.ExecgatePathFlagsARGV_MISSING)
-	FlagKilled        = EventFlags(bpf.ExecgatePathFlagsKILLED) // denied by SIGKILL (exec_kill mode)
+	// FlagForeignMountNS: run from a mount namespace other than the first
+	// one seen executing in its cgroup (the container's). Untrusted.
+	FlagForeignMountNS = EventFlags(bpf.ExecgatePathFlagsFOREIGN_MNTNS)
+	FlagKilled         = EventFlags(bpf.ExecgatePathFlagsKILLED) // denied by SIGKILL (exec_kill mode)
 	// FlagUntrusted: the file had no trustworthy name, so it was never allowed.
 	FlagUntrusted = EventFlags(bpf.ExecgatePathFlagsPATH_UNTRUSTED)
 )
@@ -59,7 +62,7 @@ func (f EventFlags) String() string {
 		s string
 	}{{FlagDetached, "detached"}, {FlagDeleted, "deleted"}, {FlagTooDeep, "too-deep"}, {FlagTooLong, "too-long"},
 		{FlagArgvTruncated, "argv-truncated"}, {FlagArgvMissing, "argv-missing"},
-		{FlagKilled, "killed"}} {
+		{FlagForeignMountNS, "foreign-mntns"}, {FlagKilled, "killed"}} {
 		if f&n.f != 0 {
 			names = append(names, n.s)
 		}

@@ -61,6 +61,8 @@ type Config struct {
 	PinDir string
 	Attach AttachMode
 	// MaxBindings bounds cgroups bound at once: pods x (containers + 1).
+	// The kernel's mount namespace pins (one per cgroup that ran a checked
+	// exec, dead ones aging out) get pinsPerBinding times as many entries.
 	MaxBindings uint32
 	// MaxExactEntries bounds exact allowlist entries on the node.
 	MaxExactEntries uint32
@@ -78,6 +80,11 @@ const (
 	DefaultMaxPrefixEntries = 4096
 	DefaultRingBufferBytes  = 1 << 20
 )
+
+// pinsPerBinding sizes the mntns_pins LRU: an evicted pin is taken again by
+// the cgroup's next exec, so the map is kept far from full. Cgroups of exited
+// containers are what it evicts first.
+const pinsPerBinding = 4
 
 func (c *Config) setDefaults() error {
 	if c.Attach == "" {
@@ -113,6 +120,7 @@ func (c *Config) setDefaults() error {
 var pinned = []string{
 	bpf.ExecgateMapBindings, bpf.ExecgateMapExactRules, bpf.ExecgateMapPrefixRules,
 	bpf.ExecgateMapConfig, bpf.ExecgateMapStats, bpf.ExecgateMapEvents, bpf.ExecgateMapScratch,
+	bpf.ExecgateMapMntnsPins,
 }
 
 const (
@@ -260,6 +268,7 @@ func (e *Enforcer) loadMode(mode AttachMode) error {
 		bpf.ExecgateMapExactRules:  e.cfg.MaxExactEntries,
 		bpf.ExecgateMapPrefixRules: e.cfg.MaxPrefixEntries,
 		bpf.ExecgateMapEvents:      e.cfg.RingBufferBytes,
+		bpf.ExecgateMapMntnsPins:   pinsPerBinding * e.cfg.MaxBindings,
 	}
 	for name, size := range sizes {
 		spec.Maps[name].MaxEntries = size

@@ -306,13 +306,16 @@ func TestBadInputChangesNothing(t *testing.T) {
 		pol  PolicyVersion
 		want string
 	}{
-		{"empty path", pv(""), "empty path"},
-		{"relative", pv("usr/bin/id"), "not absolute"},
+		{"empty path", pv(""), `"" is empty`},
+		{"relative", pv("usr/bin/id"), "not an absolute path"},
 		{"nul", pv("/usr/bin/i\x00d"), "NUL"},
-		{"too long", pv("/" + strings.Repeat("a", 4095)), "PATH_MAX"},
+		{"too long", pv("/" + strings.Repeat("a", 4095)), "at most 4095 bytes"},
 		{"dot segment", pv("/usr/../bin/id"), `".." segment`},
-		{"double slash", pv("/usr//bin/id"), "empty segment"},
+		{"double slash", pv("/usr//bin/id"), `contains "//"`},
 		{"long prefix", pv("/" + strings.Repeat("a", 260) + "/"), "prefix rules are limited"},
+		{"root prefix", pv("/"), "would allow every file"},
+		{"dynamic loader", pv("/lib64/ld-linux-x86-64.so.2"), "is a dynamic loader"},
+		{"loader directory", pv("/usr/lib/"), "holds the dynamic loader"},
 		{"too many", PolicyVersion{Key: "ns/bad", Version: 1, Mode: ModeProtect, Containers: map[string]Rules{"c": {Paths: many}}}, "at most 1024"},
 		{"bad mode", PolicyVersion{Key: "ns/bad", Version: 1, Mode: 9}, "unknown mode"},
 		{"no key", PolicyVersion{Version: 1, Mode: ModeProtect}, "policy key"},

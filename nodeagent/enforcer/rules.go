@@ -3,8 +3,12 @@ package enforcer
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
+
+	"github.com/execgate/execgate/internal/execpath"
 )
 
 // Mode is what a binding does with an executable outside its allowlist.
@@ -85,8 +89,8 @@ type PolicyVersion struct {
 
 // Limits of one request, enforced before anything is written.
 const (
-	MaxPathLen        = 4095 // PATH_MAX without the NUL
-	MaxPrefixLen      = 252  // bytes of path the LPM key holds
+	MaxPathLen        = execpath.MaxLen       // PATH_MAX without the NUL
+	MaxPrefixLen      = execpath.MaxPrefixLen // bytes of path the LPM key holds
 	MaxPathsPerRules  = 1024
 	MaxContainers     = 64
 	MaxPolicyKeyLen   = 256
@@ -97,33 +101,11 @@ const (
 // ErrCapacity reports that a map is full; nothing was written.
 var ErrCapacity = errors.New("enforcer capacity exceeded")
 
-// ValidatePath checks one allowlist entry and says what to fix.
+// ValidatePath checks one allowlist entry and says what to fix. The rules are
+// internal/execpath's, shared with the CRD and the agent's gRPC server, so an entry
+// those accepted is never refused here.
 func ValidatePath(p string) error {
-	switch {
-	case p == "":
-		return errors.New("empty path")
-	case strings.IndexByte(p, 0) >= 0:
-		return fmt.Errorf("path %q contains a NUL byte", p)
-	case !strings.HasPrefix(p, "/"):
-		return fmt.Errorf("path %q is not absolute: it must start with /", p)
-	case len(p) > MaxPathLen:
-		return fmt.Errorf("path of %d bytes is longer than PATH_MAX (%d)", len(p), MaxPathLen)
-	case p == "/":
-		return errors.New(`path "/" would allow every file: list directories such as /usr/bin/ instead`)
-	}
-	body := strings.TrimSuffix(p, "/")
-	for i, seg := range strings.Split(body, "/")[1:] {
-		switch seg {
-		case "":
-			return fmt.Errorf("path %q has an empty segment (//) at component %d: the kernel reports canonical paths", p, i+1)
-		case ".", "..":
-			return fmt.Errorf("path %q has a %q segment: the kernel reports resolved paths, write the canonical one", p, seg)
-		}
-	}
-	if strings.HasSuffix(p, "/") && len(p) > MaxPrefixLen {
-		return fmt.Errorf("directory prefix %q is %d bytes: prefix rules are limited to %d", p, len(p), MaxPrefixLen)
-	}
-	return nil
+	return execpath.Check(p)
 }
 
 // Validate checks a whole policy version; the error names the first bad field.
@@ -140,9 +122,11 @@ func (p PolicyVersion) Validate() error {
 	if len(p.Containers) > MaxContainers {
 		return fmt.Errorf("policy %s: %d containers, at most %d", p.Key, len(p.Containers), MaxContainers)
 	}
-	for name, r := range p.Containers {
+	// Sorted, so that the same bad policy always reports the same first problem.
+	for _, name := range slices.Sorted(maps.Keys(p.Containers)) {
+		r := p.Containers[name]
 		if name == UnionContainer || len(name) > MaxContainerName || strings.IndexByte(name, 0) >= 0 {
-			return fmt.Errorf("policy %s: invalid container name %q", p.Key, name)
+			return fmt.Errorf("policy %s: invalid container name %s: want 1-%d bytes, no NUL", p.Key, execpath.Quote(name), MaxContainerName)
 		}
 		if len(r.Paths) > MaxPathsPerRules {
 			return fmt.Errorf("policy %s container %s: %d paths, at most %d", p.Key, name, len(r.Paths), MaxPathsPerRules)

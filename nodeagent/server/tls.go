@@ -75,8 +75,15 @@ func handshakeFailureReason(err error) string {
 		invalid   x509.CertificateInvalidError
 		alert     tls.AlertError
 		netErr    net.Error
+		notTLS    tls.RecordHeaderError
 	)
 	switch {
+	case errors.As(err, &notTLS):
+		// A plaintext client (a webhook dialling without TLS) or a port scanner.
+		return "not_tls"
+	case strings.Contains(err.Error(), "unsupported versions"):
+		// crypto/tls has no error type for it; the server requires TLS 1.3.
+		return "protocol_version"
 	case errors.Is(err, errIdentityRefused):
 		return "identity_refused"
 	case errors.As(err, &unknownCA):

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/execgate/execgate/internal/execpath"
 	"github.com/execgate/execgate/nodeagent/podpolicy"
 	agentv1 "github.com/execgate/execgate/proto/execgate/agent/v1"
 )
@@ -18,8 +19,8 @@ import (
 const (
 	MaxContainers              = 64
 	MaxExecutablesPerContainer = 1024
-	MaxPathBytes               = 4095 // PATH_MAX without the terminating NUL
-	MaxPrefixBytes             = 252  // the LPM trie key's path[252]
+	MaxPathBytes               = execpath.MaxLen       // PATH_MAX without the terminating NUL
+	MaxPrefixBytes             = execpath.MaxPrefixLen // the LPM trie key's path[252]
 	MaxUIDBytes                = 64
 	MaxRequestIDBytes          = 128
 	maxReportedViolations      = 10
@@ -176,7 +177,7 @@ func validatePolicy(v *violations, p *agentv1.Policy) podpolicy.Policy {
 	slices.Sort(names)
 	out.RulesByContainer = make(map[string][]string, len(rules))
 	for _, name := range names {
-		path := "policy.rules_by_container[" + strconv.Quote(name) + "]"
+		path := "policy.rules_by_container[" + quote(name) + "]" // cut: a key is not yet known to be short
 		checkDNSLabel(v, path, name)
 		exes := rules[name].GetExecutables()
 		if len(exes) > MaxExecutablesPerContainer {
@@ -184,8 +185,8 @@ func validatePolicy(v *violations, p *agentv1.Policy) podpolicy.Policy {
 			continue
 		}
 		for i, exe := range exes {
-			if problem := executableProblem(exe); problem != "" {
-				v.add(path+".executables["+strconv.Itoa(i)+"]", "%s %s", quote(exe), problem)
+			if problem := execpath.Problem(exe); problem != "" {
+				v.add(path+".executables["+strconv.Itoa(i)+"]", "%s %s", execpath.Quote(exe), problem)
 			}
 		}
 		clean := slices.Clone(exes)
@@ -250,33 +251,6 @@ func validateWatchEvents(req *agentv1.WatchEventsRequest) (podpolicy.EventFilter
 		}
 	}
 	return out, v.err("WatchEventsRequest")
-}
-
-// executableProblem says what is wrong with an allowlist entry, or "".
-// Entries must be the canonical form of the path the kernel resolves: the
-// BPF program compares bytes, it does not normalise.
-func executableProblem(p string) string {
-	switch {
-	case p == "":
-		return "must not be empty"
-	case p[0] != '/':
-		return "must be an absolute path (start with \"/\")"
-	case strings.IndexByte(p, 0) >= 0:
-		return "must not contain a NUL byte"
-	case len(p) > MaxPathBytes:
-		return fmt.Sprintf("is %d bytes long; the limit is %d", len(p), MaxPathBytes)
-	case strings.Contains(p, "//"):
-		return "must not contain an empty segment (\"//\"); write the canonical path"
-	}
-	for seg := range strings.SplitSeq(p[1:], "/") {
-		if seg == "." || seg == ".." {
-			return "must not contain \".\" or \"..\" segments; write the resolved path"
-		}
-	}
-	if strings.HasSuffix(p, "/") && len(p) > MaxPrefixBytes {
-		return fmt.Sprintf("is a directory prefix (ends in \"/\") of %d bytes; prefixes may be at most %d bytes, list the executables one by one instead", len(p), MaxPrefixBytes)
-	}
-	return ""
 }
 
 // checkUID accepts Kubernetes UIDs: RFC 4122 text form, or any 1..64 of [a-z0-9-].

@@ -112,7 +112,9 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func(ctx con
 	var last string
 	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		ok, why, err := cond(ctx)
-		last = why
+		if ctx.Err() == nil { // a reason cut short by the deadline says nothing
+			last = why
+		}
 		return ok, err
 	})
 	if err != nil {

@@ -55,10 +55,14 @@ type Cluster struct {
 	// CA signs every certificate of the cluster and is trusted for client auth.
 	CA *CertificateAuthority
 
-	procs    []*Process // in start order; stopped in reverse
-	stopOnce sync.Once
-	stopErr  error
-	nodeSeq  atomic.Int64
+	procs   []*Process // in start order; stopped in reverse
+	procsMu sync.Mutex
+	// apiServerArgs are kept for RestartAPIServer.
+	apiServerBin  string
+	apiServerArgs []string
+	stopOnce      sync.Once
+	stopErr       error
+	nodeSeq       atomic.Int64
 }
 
 // Start runs a cluster for the test and registers its Stop with t.Cleanup, so it is
@@ -240,11 +244,44 @@ func (c *Cluster) startAPIServer(ctx context.Context, opts Options, p paths, pt 
 		return fmt.Errorf("create admin client: %w", err)
 	}
 	c.Kubeconfig, c.RESTConfig, c.Client = p.adminKubeconfig(), cfg, client
-	proc, err := c.launch(opts.BinDir, "kube-apiserver", append(apiServerArgs(p, pt), opts.ExtraAPIServerArgs...))
+	c.apiServerBin, c.apiServerArgs = opts.BinDir, append(apiServerArgs(p, pt), opts.ExtraAPIServerArgs...)
+	proc, err := c.launch(opts.BinDir, "kube-apiserver", c.apiServerArgs)
 	if err != nil {
 		return err
 	}
 	return waitReady(ctx, proc, apiServerReadyProbe(client))
+}
+
+// RestartAPIServer stops kube-apiserver (SIGTERM), keeps it down for down, and
+// starts it again on the same port with the same flags and data, waiting until it
+// is ready. Clients reconnect by themselves, as after a control-plane upgrade.
+func (c *Cluster) RestartAPIServer(ctx context.Context, down time.Duration) error {
+	c.procsMu.Lock()
+	var old *Process
+	idx := -1
+	for i, p := range c.procs {
+		if p.Name() == "kube-apiserver" || strings.HasPrefix(p.Name(), "kube-apiserver-") {
+			old, idx = p, i
+		}
+	}
+	c.procsMu.Unlock()
+	if old == nil {
+		return errors.New("restart kube-apiserver: not running")
+	}
+	if err := old.Stop(); err != nil {
+		return fmt.Errorf("stop kube-apiserver: %w", err)
+	}
+	time.Sleep(down)
+	proc, err := StartProcess(fmt.Sprintf("kube-apiserver-%d", time.Now().UnixNano()), filepath.Join(c.apiServerBin, "kube-apiserver"), c.Dir, c.apiServerArgs)
+	if err != nil {
+		return err
+	}
+	c.procsMu.Lock()
+	c.procs[idx] = proc
+	c.procsMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, defaultStartTimeout)
+	defer cancel()
+	return waitReady(ctx, proc, apiServerReadyProbe(c.Client))
 }
 
 func (c *Cluster) startScheduler(ctx context.Context, opts Options, p paths, pt ports) error {

@@ -30,11 +30,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/execgate/execgate/api/v1alpha1"
 	"github.com/execgate/execgate/nodeagent/agentclient"
@@ -67,6 +69,12 @@ type Options struct {
 	GCInterval time.Duration
 	// PodStartDelay and SandboxDelay tune the kubelet simulators (0 = their defaults).
 	PodStartDelay, SandboxDelay time.Duration
+	// NoKubelets runs no kubelet simulators (Node.Kubelet stays nil): bound pods stay
+	// Pending and start no process, so a benchmark can offer thousands of them.
+	NoKubelets bool
+	// AgentArgs are appended to every agent's generated flags; a flag given again
+	// overrides the generated value (e.g. --max-pods for thousands of pods).
+	AgentArgs []string
 	// Logger receives the framework's and the simulators' messages (default: none).
 	Logger *zap.Logger
 	// Cluster is passed to cluster.New.
@@ -202,7 +210,12 @@ func (e *Env) build(ctx context.Context) error {
 	return nil
 }
 
+// quietRuntime silences controller-runtime's complaint that its logger was never
+// set: the harness's clients log nothing worth reading.
+var quietRuntime sync.Once
+
 func (e *Env) clients(context.Context) error {
+	quietRuntime.Do(func() { ctrllog.SetLogger(logr.Discard()) })
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
@@ -371,6 +384,7 @@ func (e *Env) startAgents(ctx context.Context) error {
 			"--attach-mode=" + e.opts.AttachMode, "--kubeconfig=" + kubeconfig,
 			"--gc-interval=" + e.opts.GCInterval.String(),
 		}
+		n.args = append(n.args, e.opts.AgentArgs...)
 		if n.Link, err = newLink(n.grpcAddr); err != nil {
 			return err
 		}
@@ -414,6 +428,16 @@ func (n *Node) KillAgent() {
 	if n.agent != nil {
 		n.agent.Kill()
 	}
+}
+
+// AgentPID is the process id of the running agent, 0 if none runs.
+func (n *Node) AgentPID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.agent == nil || n.agent.ExitedErr() != nil {
+		return 0
+	}
+	return n.agent.PID()
 }
 
 // AgentLog returns the last lines of the current agent's log.
@@ -590,6 +614,9 @@ func (e *Env) registerWebhook(ctx context.Context) error {
 }
 
 func (e *Env) startKubelets(context.Context) error {
+	if e.opts.NoKubelets {
+		return nil
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.simCancel = cancel
 	for _, n := range e.Nodes {

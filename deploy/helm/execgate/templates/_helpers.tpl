@@ -107,6 +107,13 @@ install/upgrade/template/lint fails with the message.
 {{- if .Values.agent.insecureForTesting -}}
 {{- fail "agent.insecureForTesting=true is refused: the agent never serves without mTLS in a cluster" -}}
 {{- end -}}
+{{- /* The same flag smuggled in through the command line, whatever its value or spelling
+       (Go accepts -flag, --flag, --flag=x; a shell wrapper may quote it). */ -}}
+{{- range $i, $arg := concat (.Values.agent.command | default list) (.Values.agent.extraArgs | default list) -}}
+{{- if regexMatch "(^|[^A-Za-z0-9_-])--?insecure-for-testing([^A-Za-z0-9_-]|$)" (toString $arg) -}}
+{{- fail (printf "agent.command/agent.extraArgs contain %q, which is refused: the agent never serves without mTLS in a cluster (--insecure-for-testing exists only for local tests of the binary); remove it" (toString $arg)) -}}
+{{- end -}}
+{{- end -}}
 {{- $timeoutMs := mul (int .Values.webhook.timeoutSeconds) 1000 -}}
 {{- $push := toString .Values.controller.pushTimeout -}}
 {{- $pushMs := -1 -}}

@@ -1,0 +1,87 @@
+// Command execgate-bench runs issue 7's node benchmarks on this machine's
+// real kernel, then items 4-6 through a real control plane (-control-plane),
+// prints one table and writes it as Markdown, JSON and PNG plots. It needs
+// root and BPF, and the control-plane binaries of `make tools`. `make bench`
+// runs it; -quick checks that it works, with samples too small to quote.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/execgate/execgate/benchmarks/controlplane"
+	"github.com/execgate/execgate/benchmarks/harness"
+	"github.com/execgate/execgate/benchmarks/report"
+)
+
+type config struct {
+	bench harness.Config
+	// controlPlane sizes items 4-6; nil skips them.
+	controlPlane *controlplane.Config
+	outDir       string
+	command      string
+	render       string // results.json of an earlier run: render it, measure nothing
+}
+
+func main() {
+	var (
+		cfg   config
+		quick bool
+	)
+	flag.StringVar(&cfg.outDir, "out", "benchmarks/results", "directory for RESULTS.md, results.json and the plots")
+	flag.BoolVar(&quick, "quick", false, "small sizes: checks the harness, numbers not worth quoting")
+	samples := flag.Int("samples", 0, "timed execs per pod and state (0: the preset's)")
+	flag.StringVar(&cfg.render, "render", "", "re-render the table, RESULTS.md and plots from this results.json; measures nothing")
+	withControlPlane := flag.Bool("control-plane", true, "also measure items 4-6 through a real kube-apiserver, kube-scheduler, webhook and agents")
+	flag.Parse()
+
+	cfg.bench = harness.DefaultConfig()
+	cp := controlplane.DefaultConfig()
+	if quick {
+		cfg.bench, cp = harness.QuickConfig(), controlplane.QuickConfig()
+	}
+	if *withControlPlane {
+		cp.Progress = os.Stderr
+		cfg.controlPlane = &cp
+	}
+	if *samples > 0 {
+		cfg.bench.Samples = *samples
+	}
+	cfg.bench.Progress = os.Stderr
+	cfg.command = strings.Join(append([]string{"go run ./benchmarks/cmd/execgate-bench"}, os.Args[1:]...), " ")
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "execgate-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg config) error {
+	if cfg.render != "" {
+		res, err := report.ReadResults(cfg.render)
+		if err != nil {
+			return err
+		}
+		return report.WriteAll(os.Stdout, cfg.outDir, res, res.Command)
+	}
+	if cfg.controlPlane != nil {
+		cp, err := controlplane.New(*cfg.controlPlane) // before minutes of node benchmarks
+		if err != nil {
+			return err
+		}
+		cfg.bench.ControlPlane = cp
+	}
+	res, err := harness.Run(ctx, cfg.bench)
+	if err != nil {
+		return err
+	}
+	res.Command = cfg.command
+	return report.WriteAll(os.Stdout, cfg.outDir, res, cfg.command)
+}

@@ -5,10 +5,10 @@
  * execgate: one shared program on the exec path.
  *
  * For every execve on the node the program answers one question: may the
- * task's cgroup run this file? The cost is one hash lookup per level of the
- * task's cgroup (usually 3-5) plus, only for tasks in a bound cgroup, one
- * path walk, one SipHash and two or three lookups. Nothing depends on how
- * many policies are loaded.
+ * task's cgroup run this file? The cost is at most one hash lookup per level
+ * of the task's cgroup (usually 3-5) plus, only for tasks in a bound cgroup,
+ * one path walk, one mount namespace pin lookup, one SipHash and one or two
+ * rule lookups. Nothing depends on how many policies are loaded.
  *
  * Attach points (the agent loads exactly one):
  *   lsm/bprm_creds_for_exec              BPF LSM, 5.7+, "bpf" in the LSM list
@@ -174,18 +174,26 @@ struct {
 } bindings SEC(".maps");
 
 /*
- * mntns_pins: the task's own cgroup id -> inode number of the mount namespace
- * (ns.inum, as in /proc/PID/ns/mnt) of the first exec checked in that cgroup.
- * Written only by this program, once per cgroup (BPF_NOEXIST). A container's
- * processes share the mount namespace its runtime made before the first exec;
- * an exec from any other one (unshare -m, setns) names its file in a tree the
- * attacker may have mounted, so it is never allowed. Cgroup ids are never
- * reused; entries of dead cgroups age out of the LRU.
+ * mntns_pins: the task's own cgroup id -> the mount namespace of the first
+ * exec checked in that cgroup. A container's processes share the mount
+ * namespace its runtime made before the container's first exec; an exec from
+ * any other one (unshare -m, setns) names its file in a tree the attacker may
+ * have mounted over, so it is never allowed. This program inserts (once per
+ * cgroup, BPF_NOEXIST); user space deletes the pins a binding decided when it
+ * removes the binding. Not an LRU: an evicted pin would be taken again by
+ * whichever exec comes next, the attacker's included.
  */
+struct mntns_pin {
+	__u64 bound_cgroup_id; /* the binding that decided the pinning exec */
+	__u32 mntns;           /* ns.inum, the inode of /proc/PID/ns/mnt */
+	__u32 _pad;
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
-	__type(value, __u32);
+	__type(value, struct mntns_pin);
 	__uint(max_entries, 9216); /* resized by the loader (4 x --max-pods bindings) */
 } mntns_pins SEC(".maps");
 
@@ -243,6 +251,7 @@ struct btf_anchor {
 	struct prefix_key pk;
 	struct siphash_key c;
 	struct counters st;
+	struct mntns_pin mp;
 	enum mode m;
 	enum action a;
 	enum path_flags pf;
@@ -539,18 +548,20 @@ static __always_inline struct binding *find_binding(struct cgroup *cg, __u64 *bo
 /*
  * foreign_mntns pins the mount namespace of the first exec checked in the
  * cgroup, and reports whether mntns is another one. Two first execs racing
- * from two namespaces: one insert wins, the other is foreign.
+ * from two namespaces: one insert wins, the other is foreign. A full map
+ * pins nothing: fail closed.
  */
-static __always_inline bool foreign_mntns(__u64 cgroup_id, __u32 mntns)
+static __always_inline bool foreign_mntns(__u64 cgroup_id, __u64 bound_id, __u32 mntns)
 {
-	__u32 *pinned = bpf_map_lookup_elem(&mntns_pins, &cgroup_id);
+	struct mntns_pin pin = { .bound_cgroup_id = bound_id, .mntns = mntns };
+	struct mntns_pin *pinned = bpf_map_lookup_elem(&mntns_pins, &cgroup_id);
 
 	if (!pinned) {
-		if (!bpf_map_update_elem(&mntns_pins, &cgroup_id, &mntns, BPF_NOEXIST))
+		if (!bpf_map_update_elem(&mntns_pins, &cgroup_id, &pin, BPF_NOEXIST))
 			return false;
 		pinned = bpf_map_lookup_elem(&mntns_pins, &cgroup_id);
 	}
-	return !pinned || *pinned != mntns;
+	return !pinned || pinned->mntns != mntns;
 }
 
 /*
@@ -585,7 +596,7 @@ static __always_inline int decide(struct linux_binprm *bprm, bool committed)
 	count(STAT_CHECKED);
 
 	len = resolve_path(s, BPF_CORE_READ(bprm, file), BPF_CORE_READ(task, nsproxy, mnt_ns, root), &flags, &start);
-	if (foreign_mntns(leaf_id, BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum)))
+	if (foreign_mntns(leaf_id, bound_id, BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum)))
 		flags |= FOREIGN_MNTNS;
 	if (flags & PATH_UNTRUSTED) {
 		count(STAT_UNTRUSTED);

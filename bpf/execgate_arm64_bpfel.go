@@ -69,6 +69,13 @@ type ExecgateExactKey struct {
 	Hash uint64
 }
 
+type ExecgateMntnsPin struct {
+	_             structs.HostLayout
+	BoundCgroupId uint64
+	Mntns         uint32
+	Pad           uint32
+}
+
 type ExecgateMode uint32
 
 const (

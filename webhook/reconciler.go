@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"maps"
 	"slices"
 	"sync"
@@ -54,6 +55,29 @@ type PolicyReconciler struct {
 	// nodesByPolicy remembers which nodes were sent a policy, so a delete reaches nodes
 	// whose pods are already gone. It is lost on restart; the agents' own GC covers that.
 	nodesByPolicy map[types.NamespacedName]map[string]bool
+	// acked remembers, per pod UID, the policy generation its agent acknowledged
+	// (applied or already loaded). Pod events requeue the whole policy to recount its
+	// status; without this every pod event would re-push every pod of the policy, a
+	// cost quadratic in the policy's pods during a rollout. Bounded; a forgotten
+	// entry only costs one no-op push. An agent that lost state meanwhile is repaired
+	// by its own watch of the API server.
+	ackedOnce sync.Once
+	acked     *lru.Cache[types.UID, ackedPush]
+}
+
+// ackedPush is what an agent acknowledged for one pod.
+type ackedPush struct {
+	policy     types.UID
+	generation int64
+	node       string
+}
+
+// maxAckedPods bounds the acknowledged-push cache (about 100 bytes an entry).
+const maxAckedPods = 1 << 16
+
+func (r *PolicyReconciler) ackCache() *lru.Cache[types.UID, ackedPush] {
+	r.ackedOnce.Do(func() { r.acked, _ = lru.New[types.UID, ackedPush](maxAckedPods) })
+	return r.acked
 }
 
 // SetupWithManager registers the reconciler: WorkloadPolicies, and the pods that carry
@@ -176,10 +200,18 @@ func (r *PolicyReconciler) pushAll(ctx context.Context, policy *v1alpha1.Workloa
 	for i, node := range nodes {
 		g.Go(func() error {
 			res := nodeResult{node: node}
+			want := ackedPush{policy: policy.UID, generation: policy.Generation, node: node}
 			for _, pod := range byNode[node] {
+				if got, ok := r.ackCache().Get(pod.UID); ok && got == want {
+					res.podsInForce++
+					continue
+				}
 				req, err := CompilePodPolicy(pod, node, policy, "")
 				if err == nil {
 					_, err = pusher.Push(ctx, node, req)
+				}
+				if err == nil {
+					r.ackCache().Add(pod.UID, want)
 				}
 				if err != nil {
 					if res.failure == "" {

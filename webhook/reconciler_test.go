@@ -112,10 +112,13 @@ func TestPolicyReconcilerPushesOnlyToNodesRunningItsPods(t *testing.T) {
 		t.Errorf("conditions = %+v", st.Conditions)
 	}
 
-	// Nothing changed: pushes are no-ops on the agents, and the status is not rewritten.
+	// Nothing changed (a pod event requeues the policy): no push, no status write.
 	env.reconcile(t, "web")
 	if n := env.statusWrites.Load(); n != 1 {
 		t.Errorf("status writes after an idle reconcile = %d, want still 1", n)
+	}
+	if calls := env.agents["node-b"].appliedCalls(); len(calls) != 1 {
+		t.Errorf("node-b calls after an idle reconcile = %d, want still 1: acknowledged pods are not pushed again", len(calls))
 	}
 
 	// A new generation reaches the same nodes, and only them.
@@ -127,8 +130,8 @@ func TestPolicyReconcilerPushesOnlyToNodesRunningItsPods(t *testing.T) {
 	}
 	env.reconcile(t, "web")
 	calls := env.agents["node-b"].appliedCalls()
-	if len(calls) != 3 || calls[2].Policy.Version != 3 {
-		t.Errorf("node-b calls = %d, last version %d; want 3 calls, the last at generation 3", len(calls), calls[len(calls)-1].Policy.Version)
+	if len(calls) != 2 || calls[1].Policy.Version != 3 {
+		t.Errorf("node-b calls = %d, last version %d; want 2 calls, the last at generation 3", len(calls), calls[len(calls)-1].Policy.Version)
 	}
 	if got := pushedUIDs(env.agents["node-c"]); len(got) != 0 {
 		t.Errorf("node-c got %v after an update", got)

@@ -165,7 +165,7 @@ func Preflight() error {
 func (b *Bench) Run(ctx context.Context) (harness.ControlPlaneResults, error) {
 	c := b.cfg
 	res := harness.ControlPlaneResults{
-		Nodes: c.Nodes, PushTimeout: c.PushTimeout, SchedulerQPS: c.SchedulerQPS,
+		Nodes: c.Nodes, PushTimeout: c.PushTimeout, BindGap: c.BindGap, SchedulerQPS: c.SchedulerQPS,
 		ThroughputPolicies: c.ThroughputPolicies,
 		UpdateNodes:        c.UpdateNodes, UpdatePods: c.UpdateNodes * c.UpdatePodsPerNode, UpdatePoll: c.UpdatePoll,
 	}

@@ -96,7 +96,7 @@ func (b *Bench) throughput(ctx context.Context, env *framework.Env, res *harness
 			}
 		}
 		b.logf("item 5: %s: %d pods from %d creators", s.name, c.ThroughputPods, c.Creators)
-		r, err := b.burst(ctx, creator, run, s.name)
+		r, err := b.burst(ctx, creator, env.Cluster.Dir, run, s.name)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
@@ -122,8 +122,9 @@ func (b *Bench) throughput(ctx context.Context, env *framework.Env, res *harness
 func deployPolicy(k int) string { return fmt.Sprintf("deploy-%d", k) }
 
 // burst creates ThroughputPods pods from Creators goroutines and returns when
-// an informer has seen every one of them bound.
-func (b *Bench) burst(ctx context.Context, cs kubernetes.Interface, run int, scenario string) (harness.ThroughputResult, error) {
+// an informer has seen every one of them bound, with the CPU time each
+// component of the environment in dir used meanwhile.
+func (b *Bench) burst(ctx context.Context, cs kubernetes.Interface, dir string, run int, scenario string) (harness.ThroughputResult, error) {
 	c := b.cfg
 	runLabel := strconv.Itoa(run)
 	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(burstNS),
@@ -155,6 +156,10 @@ func (b *Bench) burst(ctx context.Context, cs kubernetes.Interface, run int, sce
 		return harness.ThroughputResult{}, errors.New("pod informer did not sync")
 	}
 
+	cpuBefore, err := cpuTimes(dir)
+	if err != nil {
+		return harness.ThroughputResult{}, err
+	}
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	for w := range c.Creators {
@@ -175,9 +180,14 @@ func (b *Bench) burst(ctx context.Context, cs kubernetes.Interface, run int, sce
 	created := time.Since(start)
 	select {
 	case at := <-allBound:
+		cpuAfter, err := cpuTimes(dir)
+		if err != nil {
+			return harness.ThroughputResult{}, err
+		}
 		bound := at.Sub(start)
 		return harness.ThroughputResult{Scenario: scenario, Pods: c.ThroughputPods,
-			PodsPerSecond: float64(c.ThroughputPods) / bound.Seconds(), Created: created, Bound: bound}, nil
+			PodsPerSecond: float64(c.ThroughputPods) / bound.Seconds(), Created: created, Bound: bound,
+			CPU: cpuSince(cpuBefore, cpuAfter)}, nil
 	case <-ctx.Done():
 		return harness.ThroughputResult{}, ctx.Err()
 	case <-time.After(c.StepTimeout):

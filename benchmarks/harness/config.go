@@ -121,6 +121,8 @@ type ControlPlaneResults struct {
 	// BindPushMissed counts pods their agent learned of other than by the
 	// webhook's push (its own API-server watch); they are in the summaries.
 	BindPushMissed int
+	// BindGap is the pause between two bindings.
+	BindGap time.Duration
 
 	// Item 5: pods bound per second for a burst of pods, the first scenario
 	// without the webhook. SchedulerQPS is kube-scheduler's client rate
@@ -146,4 +148,8 @@ type ThroughputResult struct {
 	// From the first create: until the last create returned, and until the
 	// last pod was seen bound.
 	Created, Bound time.Duration
+	// CPU is the CPU time each component (etcd, kube-apiserver, ...) used
+	// from the first create until every pod was bound: they share the
+	// machine, so this is where the time went.
+	CPU map[string]time.Duration
 }

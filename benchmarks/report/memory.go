@@ -215,37 +215,3 @@ func loadRows(res *harness.Results) []Row {
 	}
 	return rows
 }
-
-func controlPlaneRows(res *harness.Results) []Row {
-	cp := res.ControlPlane
-	if cp == nil {
-		why := res.ControlPlaneSkipped
-		return []Row{
-			{Item: "4", Measure: "bind-to-kernel latency (apiserver + scheduler + webhook + agent)", Ratio: "n/a", Absolute: why, Target: "p99 ≤ 10 ms", Verdict: "not measured"},
-			{Item: "5", Measure: "scheduling throughput, 2,000 pods, with / without the webhook", Ratio: "n/a", Absolute: why, Target: "≥ 95 % of without", Verdict: "not measured"},
-			{Item: "6", Measure: "policy update in force on all nodes", Ratio: "n/a", Absolute: why, Verdict: "not measured"},
-		}
-	}
-	rows := []Row{{
-		Item: "4", Measure: "bind-to-kernel latency: admission → agent ack / → entry in the map",
-		Ratio:    ratio(float64(cp.BindToMap.P99)/targetBindToKernelP99) + " of target (p99)",
-		Absolute: fmt.Sprintf("ack p50 %s p99 %s; map p50 %s p99 %s", dur(cp.BindToAck.Median), dur(cp.BindToAck.P99), dur(cp.BindToMap.Median), dur(cp.BindToMap.P99)),
-		Target:   "p99 ≤ 10 ms", Verdict: verdict(float64(cp.BindToMap.P99) <= targetBindToKernelP99, ""),
-	}}
-	var without float64
-	for _, t := range cp.Throughput {
-		if without == 0 {
-			without = t.PodsPerSecond // the first scenario is the one without the webhook
-		}
-		r := Row{Item: "5", Measure: "scheduling throughput: " + t.Scenario,
-			Ratio:    ratio(t.PodsPerSecond/without) + " of without",
-			Absolute: fmt.Sprintf("%.0f pods/s (%s pods)", t.PodsPerSecond, count(t.Pods)),
-			Target:   "≥ 95 % of without"}
-		r.Verdict = verdict(t.PodsPerSecond >= targetThroughputRatio*without, "")
-		rows = append(rows, r)
-	}
-	return append(rows, Row{
-		Item: "6", Measure: "policy update in force on all nodes",
-		Absolute: fmt.Sprintf("p50 %s, p99 %s", dur(cp.PolicyUpdate.Median), dur(cp.PolicyUpdate.P99)),
-	})
-}

@@ -80,10 +80,7 @@ func Notes(res *harness.Results) []string {
 	}
 	notes = append(notes, hookNote(res))
 	notes = append(notes, targetNotes(res)...)
-	if res.ControlPlane == nil {
-		notes = append(notes, "Items 4-6 (bind-to-kernel latency, scheduling throughput, policy update across nodes) need the real kube-apiserver, kube-scheduler, webhook and agents: harness.Config.ControlPlane is their hook, to be filled from the test/e2e cluster harness (TODO(issue 7)). Row 6 above is the node-local part of item 6.")
-	}
-	return notes
+	return append(notes, controlPlaneNotes(res)...)
 }
 
 func hookNote(res *harness.Results) string {

@@ -38,7 +38,7 @@ func fakeResults() *harness.Results {
 		Machine:             harness.Machine{Kernel: "Linux 6.18 x86_64", OnlineCPUs: 2, PossibleCPUs: 2, MemTotalBytes: 24 << 30, LoadAvgStart: "3.0", LoadAvgEnd: "4.0"},
 		TrampolinesRefused:  "kernel refuses trampoline programs: operation not permitted",
 		NoProgram:           base,
-		ControlPlaneSkipped: "not measured: TODO(issue 7)",
+		ControlPlaneSkipped: "not measured: no control-plane benchmark configured (execgate-bench -control-plane=false)",
 		Exec: []harness.ExecResult{
 			exec(harness.ImplExecgate, 1, harness.CgroupEnforced, 700, 101*time.Microsecond),
 			exec(harness.ImplExecgate, 1, harness.CgroupOther, 400, 100*time.Microsecond),
@@ -116,7 +116,7 @@ func TestWriteAll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"| # | measure", "![exec_kernel](exec_kernel.png)", "TODO(issue 7)", "`execgate-bench -quick`", "| events |"} {
+	for _, want := range []string{"| # | measure", "![exec_kernel](exec_kernel.png)", "-control-plane=false", "`execgate-bench -quick`", "| events |"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("RESULTS.md lacks %q", want)
 		}
@@ -151,6 +151,56 @@ func TestFormat(t *testing.T) {
 	for _, tc := range tests {
 		if tc.got != tc.want {
 			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+}
+
+func TestControlPlaneRows(t *testing.T) {
+	res := fakeResults()
+	cpu := func(apiserver, controller time.Duration) map[string]time.Duration {
+		return map[string]time.Duration{"kube-apiserver": apiserver, "etcd": time.Second, "execgate-controller": controller, "execgate-agent": time.Second}
+	}
+	res.ControlPlane = &harness.ControlPlaneResults{
+		Nodes: 3, PushTimeout: 250 * time.Millisecond,
+		BindToAck: execbench.Summary{N: 200, Median: 7 * time.Millisecond, P99: 14 * time.Millisecond},
+		BindToMap: execbench.Summary{N: 200, Median: 4 * time.Millisecond, P99: 9 * time.Millisecond},
+		Throughput: []harness.ThroughputResult{
+			{Scenario: "no webhook", Pods: 2000, PodsPerSecond: 250, Created: 8 * time.Second, Bound: 8 * time.Second, CPU: cpu(8*time.Second, time.Second)},
+			{Scenario: "webhook, healthy agents", Pods: 2000, PodsPerSecond: 240, Created: 8 * time.Second, Bound: 8300 * time.Millisecond, CPU: cpu(9*time.Second, 2*time.Second)},
+			{Scenario: "webhook, one agent dead (fail-open)", Pods: 2000, PodsPerSecond: 200, Created: 10 * time.Second, Bound: 10 * time.Second, CPU: cpu(10*time.Second, 4*time.Second)},
+		},
+		SchedulerQPS: 1000, ThroughputPolicies: 20,
+		PolicyUpdate: execbench.Summary{N: 20, Median: 30 * time.Millisecond, P99: 80 * time.Millisecond},
+		UpdateNodes:  3, UpdatePods: 6, UpdatePoll: 5 * time.Millisecond,
+	}
+	rows := Table(res)
+	tests := []struct {
+		measure, field, want string
+	}{
+		{"bind → agent ack", "absolute", "p50 7.00 ms, p99 14.00 ms"},
+		{"bind → entry in the kernel map", "verdict", "met"},
+		{"offered at once: no webhook", "ratio", "1 (reference)"},
+		{"offered at once: webhook, healthy agents", "verdict", "met"},
+		{"offered at once: webhook, healthy agents", "absolute", "all created after 8.00 s, all bound 300 ms later"},
+		{"offered at once: webhook, one agent dead", "verdict", "not met"},
+		{"offered at once: webhook, one agent dead", "ratio", "0.800× of without"},
+		{"allowlist update in force on all 3 nodes", "absolute", "p50 30.00 ms, p99 80.00 ms (20 updates)"},
+	}
+	for _, tc := range tests {
+		r := findRow(t, rows, tc.measure)
+		got := map[string]string{"verdict": r.Verdict, "ratio": r.Ratio, "absolute": r.Absolute}[tc.field]
+		if !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %s = %q, want it to contain %q", tc.measure, tc.field, got, tc.want)
+		}
+	}
+	notes := strings.Join(Notes(res), "\n")
+	for _, want := range []string{
+		"≥ 95 % of without: not met (lowest 0.800×, webhook, one agent dead",
+		"execgate-controller +1.50 ms", // (4 s - 1 s) / 2,000 pods
+		"bind-to-kernel p99 ≤ 10 ms: met",
+	} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes lack %q:\n%s", want, notes)
 		}
 	}
 }

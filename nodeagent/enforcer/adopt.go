@@ -80,6 +80,10 @@ func (e *Enforcer) adoptState() error {
 			return fmt.Errorf("move cgroup %d to the newest version of %s: %w", cg, bs.key, err)
 		}
 	}
+	// Pins a predecessor killed inside Unbind left behind.
+	if err := e.prunePinsLocked(0); err != nil {
+		return fmt.Errorf("prune mount namespace pins: %w", err)
+	}
 	var old []*policyState
 	for _, s := range e.slots {
 		if ps := e.policies[s.meta.key]; ps.version != s.meta.version {

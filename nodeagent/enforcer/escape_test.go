@@ -345,8 +345,8 @@ func TestEscapeAttempts(t *testing.T) {
 			copyFile(t, "/usr/bin/true", tool)
 			copyFile(t, "/usr/bin/id", evil)
 			cg := l.cgroup(t, "userns-mntns", tool)
-			// The attacker re-executes itself in the new namespaces to mount, and is
-			// killed there: nothing runs from a namespace the container was not in.
+			// The attacker re-executes itself in the new namespaces to mount, and that
+			// exec is refused: nothing runs from a namespace the container was not in.
 			want(t, l.attack(t, cg, nobody, "userns-mntns-bind-exec", evil, tool, tool, "-u"), denied)
 		})
 

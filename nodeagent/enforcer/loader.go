@@ -61,8 +61,8 @@ type Config struct {
 	PinDir string
 	Attach AttachMode
 	// MaxBindings bounds cgroups bound at once: pods x (containers + 1).
-	// The kernel's mount namespace pins (one per cgroup that ran a checked
-	// exec, dead ones aging out) get pinsPerBinding times as many entries.
+	// The mount namespace pins (one per cgroup that ran a checked exec) get
+	// pinsPerBinding times as many entries.
 	MaxBindings uint32
 	// MaxExactEntries bounds exact allowlist entries on the node.
 	MaxExactEntries uint32
@@ -81,9 +81,10 @@ const (
 	DefaultRingBufferBytes  = 1 << 20
 )
 
-// pinsPerBinding sizes the mntns_pins LRU: an evicted pin is taken again by
-// the cgroup's next exec, so the map is kept far from full. Cgroups of exited
-// containers are what it evicts first.
+// pinsPerBinding sizes mntns_pins. A pod's cgroups hold one pin each, and a
+// pin lives as long as the binding that decided it: restarts of a container
+// that is never bound by name add pins until its pod is unbound. A full map
+// pins nothing, so the kernel fails closed.
 const pinsPerBinding = 4
 
 func (c *Config) setDefaults() error {
@@ -138,6 +139,7 @@ type Enforcer struct {
 
 	coll     *ebpf.Collection
 	bindings *ebpf.Map
+	pins     *ebpf.Map // written by the kernel; Unbind deletes what it no longer covers
 	exact    *ebpf.Map
 	prefix   *ebpf.Map
 	stats    *ebpf.Map
@@ -294,6 +296,7 @@ func (e *Enforcer) loadMode(mode AttachMode) error {
 	}
 	e.coll = coll
 	e.bindings = coll.Maps[bpf.ExecgateMapBindings]
+	e.pins = coll.Maps[bpf.ExecgateMapMntnsPins]
 	e.exact = coll.Maps[bpf.ExecgateMapExactRules]
 	e.prefix = coll.Maps[bpf.ExecgateMapPrefixRules]
 	e.stats = coll.Maps[bpf.ExecgateMapStats]

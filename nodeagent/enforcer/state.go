@@ -307,14 +307,57 @@ func (e *Enforcer) Bind(cgroupID uint64, key PolicyKey, container string) error 
 	return nil
 }
 
-// Unbind removes a cgroup's binding; an unknown cgroup is not an error.
+// Unbind removes a cgroup's binding and its mount namespace pin, and for a
+// pod-level binding the pins of the cgroups it covered; an unknown cgroup is
+// not an error. Bound again, a cgroup pins the namespace of its next exec.
 func (e *Enforcer) Unbind(cgroupID uint64) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.bindings.Delete(cgroupID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("unbind cgroup %d: %w", cgroupID, err)
 	}
+	b, wasBound := e.binds[cgroupID]
 	delete(e.binds, cgroupID)
+	var err error
+	if wasBound && b.container == UnionContainer {
+		err = e.prunePinsLocked(cgroupID)
+	} else if err = e.pins.Delete(cgroupID); errors.Is(err, ebpf.ErrKeyNotExist) {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("unbind cgroup %d: mount namespace pins: %w", cgroupID, err)
+	}
+	return nil
+}
+
+// prunePinsLocked deletes the pin of cgroup unbound and every pin that no
+// binding covers any more: neither its own cgroup nor the one whose binding
+// decided it is bound. Those cgroups are not checked, so nothing reads the
+// pins; a pin taken while Unbind ran is caught by the next scan. A scan
+// visits every bucket of the map, so only pod-level unbinds and adoption
+// make one.
+func (e *Enforcer) prunePinsLocked(unbound uint64) error {
+	var (
+		cg    uint64
+		pin   bpf.ExecgateMntnsPin
+		stale []uint64
+	)
+	it := e.pins.Iterate()
+	for it.Next(&cg, &pin) {
+		_, own := e.binds[cg]
+		_, decider := e.binds[pin.BoundCgroupId]
+		if cg == unbound || (!own && !decider) {
+			stale = append(stale, cg)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate: %w", err)
+	}
+	for _, cg := range stale {
+		if err := e.pins.Delete(cg); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete the pin of cgroup %d: %w", cg, err)
+		}
+	}
 	return nil
 }
 

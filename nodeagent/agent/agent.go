@@ -439,25 +439,24 @@ const goneCapacity = 16384
 // PodDeleted forgets a pod the API server deleted (or that reached a terminal
 // phase) and refuses any later push for it.
 func (a *Agent) PodDeleted(ctx context.Context, uid string) (bool, error) {
-	if err := ctx.Err(); err != nil {
-		return false, err
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.gone.Add(uid, struct{}{})
-	if a.pods[uid] == nil {
-		return false, nil
-	}
-	return true, a.forgetPodLocked(uid)
+	return a.removePod(ctx, uid, true)
 }
 
-// RemovePod implements server.Backend.
+// RemovePod implements server.Backend. The pod may come back (relabelled), so
+// no tombstone is kept.
 func (a *Agent) RemovePod(ctx context.Context, uid string) (bool, error) {
+	return a.removePod(ctx, uid, false)
+}
+
+func (a *Agent) removePod(ctx context.Context, uid string, deleted bool) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if deleted {
+		a.gone.Add(uid, struct{}{})
+	}
 	if a.pods[uid] == nil {
 		return false, nil
 	}

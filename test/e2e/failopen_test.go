@@ -38,21 +38,11 @@ func bindPod(t *testing.T, env *framework.Env, pod *corev1.Pod, node string) tim
 // podOnAgent waits until the node's agent enforces the pod and returns its status.
 func podOnAgent(t *testing.T, n *framework.Node, name string, timeout time.Duration) *agentv1.PodStatus {
 	t.Helper()
-	var found *agentv1.PodStatus
-	waitFor(t, timeout, "pod "+name+" enforced on "+n.Name, func(ctx context.Context) (bool, string, error) {
-		st, err := n.Status(ctx)
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		for _, p := range st.GetPods() {
-			if p.GetName() == name && p.GetState() == agentv1.PodState_POD_STATE_ENFORCED {
-				found = p
-				return true, "", nil
-			}
-		}
-		return false, "not enforced yet", nil
-	})
-	return found
+	p, err := n.WaitPodEnforced(context.Background(), name, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // TestFailOpen: whatever happens to an agent or to the controller, the binding

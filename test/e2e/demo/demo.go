@@ -96,7 +96,7 @@ func Run(ctx context.Context, w io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	ps, err := podOnAgent(ctx, n)
+	ps, err := n.WaitPodEnforced(ctx, podName, 30*time.Second)
 	if err != nil {
 		return err
 	}
@@ -202,23 +202,6 @@ func waitRunning(ctx context.Context, c client.Client, pod *corev1.Pod) (node st
 		return p.Status.Phase == corev1.PodRunning, nil
 	})
 	return node, err
-}
-
-func podOnAgent(ctx context.Context, n *framework.Node) (ps *agentv1.PodStatus, err error) {
-	err = poll(ctx, 30*time.Second, "pod enforced by the agent", func() (bool, error) {
-		st, err := n.Status(ctx)
-		if err != nil {
-			return false, err
-		}
-		for _, p := range st.GetPods() {
-			if p.GetName() == podName && p.GetState() == agentv1.PodState_POD_STATE_ENFORCED {
-				ps = p
-				return true, nil
-			}
-		}
-		return false, nil
-	})
-	return ps, err
 }
 
 func waitVersion(ctx context.Context, n *framework.Node, version uint64) (time.Duration, error) {

@@ -39,6 +39,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/execgate/execgate/api/v1alpha1"
+	"github.com/execgate/execgate/internal/testenv"
 	"github.com/execgate/execgate/nodeagent/agentclient"
 	"github.com/execgate/execgate/nodeagent/cgroups"
 	"github.com/execgate/execgate/nodeagent/enforcer"
@@ -462,6 +463,33 @@ func (n *Node) Status(ctx context.Context) (*agentv1.AgentStatus, error) {
 	return c.GetStatus(ctx, &agentv1.GetStatusRequest{})
 }
 
+// WaitPodEnforced polls the agent until it enforces the pod named name (its pod
+// cgroup bound) and returns the pod's status, or fails after timeout.
+func (n *Node) WaitPodEnforced(ctx context.Context, name string, timeout time.Duration) (*agentv1.PodStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		st, err := n.Status(ctx)
+		if err == nil {
+			for _, p := range st.GetPods() {
+				if p.GetName() == name && p.GetState() == agentv1.PodState_POD_STATE_ENFORCED {
+					return p, nil
+				}
+			}
+			err = errors.New("not enforced yet")
+		}
+		if ctx.Err() == nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("pod %s enforced on %s: %w (last: %v)", name, n.Name, ctx.Err(), last)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // WatchEvents subscribes to the agent's exec events matching filter. The
 // subscription is in place when it returns; stop ends it and closes the channel.
 func (n *Node) WatchEvents(ctx context.Context, filter *agentv1.EventFilter) (_ <-chan *agentv1.ExecEvent, stop func(), err error) {
@@ -657,29 +685,12 @@ func (e *Env) Stop() error {
 			}
 		}
 		if e.cgroupDir != "" {
-			removeTree(e.cgroupDir)
+			testenv.RemoveCgroup(e.cgroupDir)
 		}
 		errs = append(errs, e.Cluster.Stop())
 		e.stopErr = errors.Join(errs...)
 	})
 	return e.stopErr
-}
-
-// removeTree kills what runs in the cgroup tree and removes it, deepest first.
-func removeTree(dir string) {
-	entries, _ := os.ReadDir(dir)
-	for _, en := range entries {
-		if en.IsDir() {
-			removeTree(filepath.Join(dir, en.Name()))
-		}
-	}
-	_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
-	for range 100 {
-		if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // waitHTTP polls url until it answers (any status below 500 for TLS endpoints

@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"syscall"
@@ -34,6 +33,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/execgate/execgate/internal/testenv"
 	"github.com/execgate/execgate/nodeagent/cgroups"
 )
 
@@ -373,31 +373,13 @@ func (s *Simulator) teardown(p *pod) {
 	}
 	s.mu.Unlock()
 	for _, c := range ctrs {
-		removeCgroup(c.cgroup)
+		testenv.RemoveCgroup(c.cgroup)
 		if c.cmd != nil {
 			<-c.exited
 		}
 	}
 	if podCgroup != "" {
-		removeCgroup(podCgroup)
-	}
-}
-
-// removeCgroup kills everything in dir and below (cgroup.kill, Linux 5.14), then
-// removes the tree; it retries while the kernel finishes reaping.
-func removeCgroup(dir string) {
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		if e.IsDir() {
-			removeCgroup(filepath.Join(dir, e.Name()))
-		}
-	}
-	_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
-	for range 250 {
-		if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+		testenv.RemoveCgroup(podCgroup)
 	}
 }
 

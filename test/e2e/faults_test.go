@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/execgate/execgate/api/v1alpha1"
 	agentv1 "github.com/execgate/execgate/proto/execgate/agent/v1"
@@ -109,7 +110,11 @@ func TestFaults(t *testing.T) {
 		if err := n0.StartAgent(ctx); err != nil {
 			t.Fatal(err)
 		}
-		runningPods(t, env, ns, []string{"inflight-7"}, 60*time.Second)
+		var inflight []string
+		for i := range 8 {
+			inflight = append(inflight, fmt.Sprintf("inflight-%d", i))
+		}
+		runningPods(t, env, ns, inflight, 60*time.Second)
 		assertExact(t, n0)
 		t.Logf("fault: agent SIGKILL with 6 running pods and 8 pushes in flight: enforcement held while down; restarted agent holds exactly the API server's pods")
 	})
@@ -124,6 +129,7 @@ func TestFaults(t *testing.T) {
 		p := podOnAgent(t, n1, "cut-off", 60*time.Second)
 		n1.Link.SetDown(false)
 		healed := bindPod(t, env, podSpec(ns, "healed", "guarded", nil, sleep, "infinity"), n1.Name)
+		runningPods(t, env, ns, []string{"healed"}, 60*time.Second)
 		h := podOnAgent(t, n1, "healed", 60*time.Second)
 		if h.GetAppliedBy() == "backstop" {
 			t.Logf("after healing the first push still lost the race to the backstop (the controller's connection was re-dialled)")
@@ -209,13 +215,17 @@ func TestFaults(t *testing.T) {
 			}
 		}
 		wg.Wait()
-		// Leave the policy as the other subtests expect it: cat denied.
+		// Leave the policy as the other subtests expect it: cat denied. The controller
+		// writes the status meanwhile, so the update retries on conflict.
 		var wp v1alpha1.WorkloadPolicy
-		if err := env.Client.Get(context.Background(), keyOf(ns, "guarded"), &wp); err != nil {
-			t.Fatal(err)
-		}
-		wp.Spec.RulesByContainer["app"] = v1alpha1.ContainerRules{Executables: []string{sleep, trueBin}}
-		if err := env.Client.Update(context.Background(), &wp); err != nil {
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := env.Client.Get(context.Background(), keyOf(ns, "guarded"), &wp); err != nil {
+				return err
+			}
+			wp.Spec.RulesByContainer["app"] = v1alpha1.ContainerRules{Executables: []string{sleep, trueBin}}
+			return env.Client.Update(context.Background(), &wp)
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, 30*time.Second, "final policy version on both nodes", func(ctx context.Context) (bool, string, error) {

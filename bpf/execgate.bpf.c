@@ -17,6 +17,10 @@
  *                                        trampolines: the exec has succeeded,
  *                                        a denied one is killed (SIGKILL)
  *                                        before its first instruction.
+ * and, beside exec_kill, the fanotify gate (iter/task_file, 6.2+): user space
+ * holds a FAN_OPEN_EXEC_PERM event, runs this program on the event's file and
+ * the blocked task, and answers FAN_DENY when it denies, so execve fails with
+ * EPERM. Same decide(), same maps: the gate only moves the denial earlier.
  * bprm->file is the file the kernel executes, so the decision is about the
  * real file (symlinks already resolved, no TOCTOU on the name), named from
  * the root of the task's mount namespace: a chroot changes nothing.
@@ -37,6 +41,7 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define EPERM 1
+#define ESRCH 3
 
 /* PATH_MAX including the NUL; event data has NAME_MAX and more of slack. */
 #define PATH_LEN 4096
@@ -163,6 +168,34 @@ struct scratch {
 	char path[PATH_LEN + NAME_MAX_LEN + 1] __attribute__((aligned(8))); /* built right to left */
 	struct prefix_key pk; /* LPM lookup key: too big for the stack */
 	struct event ev;
+	__u32 gate_len; /* bytes of ev the gate returns (0: no event) */
+};
+
+/* Where the deciding program stands, which says where argv comes from. */
+enum how {
+	HOW_SYSCALL,   /* lsm, fmod_ret: before the exec commits; task is current */
+	HOW_COMMITTED, /* exec_kill: after the exec committed; task is current */
+	HOW_GATE,      /* the fanotify gate: task is blocked in execve, current is the gate */
+};
+
+/*
+ * gate_question[0]: the question the fanotify gate asks before it answers a
+ * FAN_OPEN_EXEC_PERM event: may task pid (in the initial pid namespace) run
+ * the file the gate holds open at fd? The gate asks one question at a time.
+ */
+struct gate_request {
+	__s32 fd;
+	__s32 pid;
+};
+
+/*
+ * The answer, the iterator's whole output: this header, then event_len bytes
+ * of struct event when the exec is denied (argv left to user space).
+ */
+struct gate_verdict {
+	__s32 verdict; /* 0 allow, -EPERM deny, -ESRCH no such task */
+	__u32 event_len;
+	__u64 argv; /* the execve argv pointer in the task's memory, 0 if unknown */
 };
 
 struct {
@@ -236,6 +269,13 @@ struct {
 } scratch SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct gate_request);
+	__uint(max_entries, 1);
+} gate_question SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20); /* resized by the loader */
 } events SEC(".maps");
@@ -252,6 +292,8 @@ struct btf_anchor {
 	struct siphash_key c;
 	struct counters st;
 	struct mntns_pin mp;
+	struct gate_request gr;
+	struct gate_verdict gv;
 	enum mode m;
 	enum action a;
 	enum path_flags pf;
@@ -425,20 +467,19 @@ static __always_inline void copy_args(struct event *ev, __u32 start, const char 
  * Before the exec commits (lsm, fmod_ret) argv is still the syscall's
  * argument in the old mm: read it through the syscall registers.
  */
-static __always_inline void read_argv_syscall(struct event *ev, __u32 start)
+/*
+ * syscall_argv returns the argv argument of the execve or execveat task is
+ * in, NULL for a kernel-initiated exec (usermode helper) or a compat syscall.
+ */
+static __always_inline const char *const *syscall_argv(struct task_struct *task)
 {
-	struct pt_regs *regs;
 	const char *const *argv = NULL;
-	const char *arg;
+	struct pt_regs *regs;
 	long nr;
-	__u32 off = 0;
-	int n;
 
-	if (!have_task_pt_regs) {
-		ev->flags |= ARGV_MISSING;
-		return;
-	}
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!have_task_pt_regs)
+		return NULL;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
 #if defined(__TARGET_ARCH_x86)
 	nr = BPF_CORE_READ(regs, orig_ax);
 	if (nr == 59) /* execve(path, argv, envp) */
@@ -452,8 +493,17 @@ static __always_inline void read_argv_syscall(struct event *ev, __u32 start)
 	else if (nr == 281)
 		argv = (const char *const *)BPF_CORE_READ(regs, regs[2]);
 #endif
+	return argv;
+}
+
+static __always_inline void read_argv_syscall(struct event *ev, __u32 start)
+{
+	const char *const *argv = syscall_argv(bpf_get_current_task_btf());
+	const char *arg;
+	__u32 off = 0;
+	int n;
+
 	if (!argv) {
-		/* kernel-initiated exec (usermode helper) or a compat syscall */
 		ev->flags |= ARGV_MISSING;
 		return;
 	}
@@ -479,22 +529,24 @@ static __always_inline void read_argv_syscall(struct event *ev, __u32 start)
 	ev->argv_len = off;
 }
 
-static __always_inline void emit(struct scratch *s, struct task_struct *task, __u32 path_len, bool committed)
+static __always_inline void emit(struct scratch *s, struct task_struct *task, __u32 path_len, enum how how)
 {
 	struct event *ev = &s->ev;
 	__u64 size;
 
 	ev->boot_ns = bpf_ktime_get_boot_ns();
-	ev->pid = bpf_get_current_pid_tgid() >> 32;
-	ev->tid = (__u32)bpf_get_current_pid_tgid();
+	ev->pid = BPF_CORE_READ(task, tgid);
+	ev->tid = BPF_CORE_READ(task, pid);
 	ev->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	ev->uid = (__u32)bpf_get_current_uid_gid();
+	ev->uid = BPF_CORE_READ(task, cred, uid.val);
 	ev->argv_len = 0;
-	if (committed) /* the new mm holds argv at [arg_start, arg_end) */
+	if (how == HOW_COMMITTED) /* the new mm holds argv at [arg_start, arg_end) */
 		copy_args(ev, path_len, (const char *)BPF_CORE_READ(task, mm, arg_start),
 			  (const char *)BPF_CORE_READ(task, mm, arg_end));
-	else
+	else if (how == HOW_SYSCALL)
 		read_argv_syscall(ev, path_len);
+	else /* argv is in the blocked task's memory: the gate reads it from /proc */
+		ev->flags |= ARGV_MISSING;
 	/* The parent's executable path is looked up by user space from ppid:
 	 * a second path walk here would double the verifier's work. */
 	BPF_CORE_READ_STR_INTO(&ev->parent_comm, task, real_parent, comm);
@@ -502,6 +554,10 @@ static __always_inline void emit(struct scratch *s, struct task_struct *task, __
 	size = offsetof(struct event, data) + (path_len & (PATH_LEN - 1)) + (ev->argv_len & (ARGV_LEN * 2 - 1));
 	if (size > sizeof(struct event))
 		size = sizeof(struct event);
+	if (how == HOW_GATE) {
+		s->gate_len = size;
+		return;
+	}
 	if (bpf_ringbuf_output(&events, ev, size, 0))
 		count(STAT_DROPPED);
 }
@@ -565,12 +621,13 @@ static __always_inline bool foreign_mntns(__u64 cgroup_id, __u64 bound_id, __u32
 }
 
 /*
- * decide returns -EPERM when the exec must not run. committed is true in
- * exec_kill mode, where the exec already happened and the caller kills.
+ * decide returns -EPERM when task must not run file. In exec_kill mode
+ * (HOW_COMMITTED) the exec already happened and the caller kills. The gate
+ * (HOW_GATE) acts only on denials: an exec it lets through is decided again,
+ * counted and reported by exec_kill once it commits.
  */
-static __always_inline int decide(struct linux_binprm *bprm, bool committed)
+static __always_inline int decide(struct task_struct *task, struct file *file, int argc, enum how how)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
 	struct binding bind, *found;
 	__u64 leaf_id, bound_id = 0;
@@ -579,7 +636,7 @@ static __always_inline int decide(struct linux_binprm *bprm, bool committed)
 	struct event *ev;
 	struct exact_key ek = {};
 	__u32 zero = 0, len, start = 0;
-	bool allowed = false;
+	bool allowed = false, denied;
 	__u16 flags = 0;
 
 	found = find_binding(cg, &bound_id);
@@ -593,20 +650,24 @@ static __always_inline int decide(struct linux_binprm *bprm, bool committed)
 	if (!s || !key)
 		return bind.mode == MODE_PROTECT ? -EPERM : 0;
 	ev = &s->ev;
-	count(STAT_CHECKED);
 
-	len = resolve_path(s, BPF_CORE_READ(bprm, file), BPF_CORE_READ(task, nsproxy, mnt_ns, root), &flags, &start);
+	len = resolve_path(s, file, BPF_CORE_READ(task, nsproxy, mnt_ns, root), &flags, &start);
 	if (foreign_mntns(leaf_id, bound_id, BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum)))
 		flags |= FOREIGN_MNTNS;
-	if (flags & PATH_UNTRUSTED) {
-		count(STAT_UNTRUSTED);
-	} else {
+	if (!(flags & PATH_UNTRUSTED)) {
 		ek.slot = bind.slot;
 		ek.hash = siphash(key, s->path, start, len);
 		allowed = bpf_map_lookup_elem(&exact_rules, &ek) != NULL;
 		if (!allowed && (bind.flags & BINDING_HAS_PREFIX))
 			allowed = prefix_allowed(s, bind.slot, start, len);
 	}
+	/* Protect, and any mode we do not know: fail closed. */
+	denied = !allowed && bind.mode != MODE_LEARN && bind.mode != MODE_MONITOR;
+	if (how == HOW_GATE && !denied)
+		return 0;
+	count(STAT_CHECKED);
+	if (flags & PATH_UNTRUSTED)
+		count(STAT_UNTRUSTED);
 	if (allowed) {
 		count(STAT_ALLOWED);
 		return 0;
@@ -619,7 +680,7 @@ static __always_inline int decide(struct linux_binprm *bprm, bool committed)
 	ev->flags = flags;
 	ev->path_len = len;
 	bpf_probe_read_kernel(ev->data, len & (PATH_LEN - 1), &s->path[start & (PATH_LEN - 1)]);
-	ev->argc = BPF_CORE_READ(bprm, argc);
+	ev->argc = argc;
 	switch (bind.mode) {
 	case MODE_LEARN:
 		ev->action = ACTION_LEARNED;
@@ -634,10 +695,16 @@ static __always_inline int decide(struct linux_binprm *bprm, bool committed)
 		count(STAT_DENIED);
 		break;
 	}
-	if (committed && ev->action == ACTION_DENIED)
+	if (how == HOW_COMMITTED && ev->action == ACTION_DENIED)
 		ev->flags |= KILLED;
-	emit(s, task, len, committed);
+	emit(s, task, len, how);
 	return ev->action == ACTION_DENIED ? -EPERM : 0;
+}
+
+static __always_inline int decide_current(struct linux_binprm *bprm, enum how how)
+{
+	return decide((struct task_struct *)bpf_get_current_task(), BPF_CORE_READ(bprm, file),
+		      BPF_CORE_READ(bprm, argc), how);
 }
 
 SEC("lsm/bprm_creds_for_exec")
@@ -645,7 +712,7 @@ int BPF_PROG(execgate_lsm, struct linux_binprm *bprm, int ret)
 {
 	if (ret)
 		return ret; /* an earlier LSM program already denied */
-	return decide(bprm, false);
+	return decide_current(bprm, HOW_SYSCALL);
 }
 
 SEC("fmod_ret/security_bprm_creds_for_exec")
@@ -653,7 +720,7 @@ int BPF_PROG(execgate_fmod_ret, struct linux_binprm *bprm, int ret)
 {
 	if (ret)
 		return ret;
-	return decide(bprm, false);
+	return decide_current(bprm, HOW_SYSCALL);
 }
 
 /*
@@ -663,7 +730,60 @@ int BPF_PROG(execgate_fmod_ret, struct linux_binprm *bprm, int ret)
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(execgate_exec_kill, struct task_struct *p, int old_pid, struct linux_binprm *bprm)
 {
-	if (decide(bprm, true) == -EPERM)
+	if (decide_current(bprm, HOW_COMMITTED) == -EPERM)
 		bpf_send_signal(9); /* SIGKILL: 5.3+; delivered before returning to user space */
+	return 0;
+}
+
+extern struct task_struct *bpf_task_from_pid(__s32 pid) __ksym; /* 6.2+ */
+extern void bpf_task_release(struct task_struct *p) __ksym;
+
+/*
+ * The fanotify gate's question, run as an iterator over the gate's own file
+ * table (user space links it to the gate's tid): the file at
+ * gate_question.fd is the one task gate_question.pid is opening for exec,
+ * still blocked in execve. bpf_seq_write is the answer.
+ */
+SEC("iter/task_file")
+int execgate_gate(struct bpf_iter__task_file *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct file *file = ctx->file;
+	struct gate_verdict v = {};
+	struct gate_request *rq;
+	struct task_struct *task;
+	struct scratch *s;
+	__u32 zero = 0, len;
+
+	rq = bpf_map_lookup_elem(&gate_question, &zero);
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!file || !rq || !s || ctx->fd != (__u32)rq->fd)
+		return 0;
+	s->gate_len = 0;
+	task = bpf_task_from_pid(rq->pid);
+	if (!task) {
+		v.verdict = -ESRCH;
+		bpf_seq_write(seq, &v, sizeof(v));
+		return 0;
+	}
+	/*
+	 * The file execve names is opened before bprm_execve() sets
+	 * in_execve (6.8+: in alloc_bprm); an ELF or #! interpreter is opened
+	 * after. Like the lsm hook, the gate checks the former only; exec_kill
+	 * checks the binary that finally runs.
+	 */
+	if (!BPF_CORE_READ_BITFIELD_PROBED(task, in_execve))
+		v.verdict = decide(task, file, 0, HOW_GATE);
+	if (v.verdict)
+		v.argv = (__u64)syscall_argv(task);
+	bpf_task_release(task);
+	len = s->gate_len;
+	if (len > sizeof(struct event))
+		len = sizeof(struct event);
+	if (v.verdict)
+		v.event_len = len;
+	bpf_seq_write(seq, &v, sizeof(v));
+	if (v.verdict && len)
+		bpf_seq_write(seq, &s->ev, len);
 	return 0;
 }

@@ -69,6 +69,19 @@ type ExecgateExactKey struct {
 	Hash uint64
 }
 
+type ExecgateGateRequest struct {
+	_   structs.HostLayout
+	Fd  int32
+	Pid int32
+}
+
+type ExecgateGateVerdict struct {
+	_        structs.HostLayout
+	Verdict  int32
+	EventLen uint32
+	Argv     uint64
+}
+
 type ExecgateMntnsPin struct {
 	_             structs.HostLayout
 	BoundCgroupId uint64
@@ -106,11 +119,13 @@ type ExecgatePrefixKey struct {
 }
 
 type ExecgateScratch struct {
-	_    structs.HostLayout
-	Path [4352]int8
-	Pk   ExecgatePrefixKey
-	_    [4]byte
-	Ev   ExecgateEvent
+	_       structs.HostLayout
+	Path    [4352]int8
+	Pk      ExecgatePrefixKey
+	_       [4]byte
+	Ev      ExecgateEvent
+	GateLen uint32
+	_       [4]byte
 }
 
 type ExecgateSiphashKey struct {
@@ -140,12 +155,14 @@ const (
 	ExecgateMapConfig            = "config"
 	ExecgateMapEvents            = "events"
 	ExecgateMapExactRules        = "exact_rules"
+	ExecgateMapGateQuestion      = "gate_question"
 	ExecgateMapMntnsPins         = "mntns_pins"
 	ExecgateMapPrefixRules       = "prefix_rules"
 	ExecgateMapScratch           = "scratch"
 	ExecgateMapStats             = "stats"
 	ExecgateProgExecgateExecKill = "execgate_exec_kill"
 	ExecgateProgExecgateFmodRet  = "execgate_fmod_ret"
+	ExecgateProgExecgateGate     = "execgate_gate"
 	ExecgateProgExecgateLsm      = "execgate_lsm"
 	ExecgateVarHaveTaskPtRegs    = "have_task_pt_regs"
 	ExecgateVarUnusedBtfAnchor   = "unused_btf_anchor"
@@ -195,6 +212,7 @@ type ExecgateSpecs struct {
 type ExecgateProgramSpecs struct {
 	ExecgateExecKill *ebpf.ProgramSpec `ebpf:"execgate_exec_kill"`
 	ExecgateFmodRet  *ebpf.ProgramSpec `ebpf:"execgate_fmod_ret"`
+	ExecgateGate     *ebpf.ProgramSpec `ebpf:"execgate_gate"`
 	ExecgateLsm      *ebpf.ProgramSpec `ebpf:"execgate_lsm"`
 }
 
@@ -202,14 +220,15 @@ type ExecgateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ExecgateMapSpecs struct {
-	Bindings    *ebpf.MapSpec `ebpf:"bindings"`
-	Config      *ebpf.MapSpec `ebpf:"config"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	ExactRules  *ebpf.MapSpec `ebpf:"exact_rules"`
-	MntnsPins   *ebpf.MapSpec `ebpf:"mntns_pins"`
-	PrefixRules *ebpf.MapSpec `ebpf:"prefix_rules"`
-	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
-	Stats       *ebpf.MapSpec `ebpf:"stats"`
+	Bindings     *ebpf.MapSpec `ebpf:"bindings"`
+	Config       *ebpf.MapSpec `ebpf:"config"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	ExactRules   *ebpf.MapSpec `ebpf:"exact_rules"`
+	GateQuestion *ebpf.MapSpec `ebpf:"gate_question"`
+	MntnsPins    *ebpf.MapSpec `ebpf:"mntns_pins"`
+	PrefixRules  *ebpf.MapSpec `ebpf:"prefix_rules"`
+	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // ExecgateVariableSpecs contains global variables before they are loaded into the kernel.
@@ -240,14 +259,15 @@ func (o *ExecgateObjects) Close() error {
 //
 // It can be passed to LoadExecgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ExecgateMaps struct {
-	Bindings    *ebpf.Map `ebpf:"bindings"`
-	Config      *ebpf.Map `ebpf:"config"`
-	Events      *ebpf.Map `ebpf:"events"`
-	ExactRules  *ebpf.Map `ebpf:"exact_rules"`
-	MntnsPins   *ebpf.Map `ebpf:"mntns_pins"`
-	PrefixRules *ebpf.Map `ebpf:"prefix_rules"`
-	Scratch     *ebpf.Map `ebpf:"scratch"`
-	Stats       *ebpf.Map `ebpf:"stats"`
+	Bindings     *ebpf.Map `ebpf:"bindings"`
+	Config       *ebpf.Map `ebpf:"config"`
+	Events       *ebpf.Map `ebpf:"events"`
+	ExactRules   *ebpf.Map `ebpf:"exact_rules"`
+	GateQuestion *ebpf.Map `ebpf:"gate_question"`
+	MntnsPins    *ebpf.Map `ebpf:"mntns_pins"`
+	PrefixRules  *ebpf.Map `ebpf:"prefix_rules"`
+	Scratch      *ebpf.Map `ebpf:"scratch"`
+	Stats        *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *ExecgateMaps) Close() error {
@@ -256,6 +276,7 @@ func (m *ExecgateMaps) Close() error {
 		m.Config,
 		m.Events,
 		m.ExactRules,
+		m.GateQuestion,
 		m.MntnsPins,
 		m.PrefixRules,
 		m.Scratch,
@@ -277,6 +298,7 @@ type ExecgateVariables struct {
 type ExecgatePrograms struct {
 	ExecgateExecKill *ebpf.Program `ebpf:"execgate_exec_kill"`
 	ExecgateFmodRet  *ebpf.Program `ebpf:"execgate_fmod_ret"`
+	ExecgateGate     *ebpf.Program `ebpf:"execgate_gate"`
 	ExecgateLsm      *ebpf.Program `ebpf:"execgate_lsm"`
 }
 
@@ -284,6 +306,7 @@ func (p *ExecgatePrograms) Close() error {
 	return _ExecgateClose(
 		p.ExecgateExecKill,
 		p.ExecgateFmodRet,
+		p.ExecgateGate,
 		p.ExecgateLsm,
 	)
 }

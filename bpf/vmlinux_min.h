@@ -122,9 +122,19 @@ struct mm_struct {
 	unsigned long arg_end;
 } __attribute__((preserve_access_index));
 
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+struct cred {
+	kuid_t uid;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int pid;
 	int tgid;
+	const struct cred *cred;
+	unsigned int in_execve : 1;
 	struct task_struct *real_parent;
 	struct css_set *cgroups;
 	struct nsproxy *nsproxy;
@@ -159,5 +169,21 @@ struct pt_regs {
 	__s32 syscallno;
 } __attribute__((preserve_access_index));
 #endif
+
+/* The context of an iter/task_file program (5.8+). */
+struct seq_file;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+	__u64 session_id;
+	__u64 seq_num;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__task_file {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+	__u32 fd;
+	struct file *file;
+} __attribute__((preserve_access_index));
 
 #endif

@@ -62,17 +62,30 @@ func CheckRoot(path string) error {
 	return nil
 }
 
-type cgroup2Mount struct {
-	root       string // the subtree of the hierarchy this mount shows
-	mountPoint string
+// Mount is one line of mountinfo(5): what is mounted where.
+type Mount struct {
+	Root       string // the subtree of the filesystem this mount shows
+	MountPoint string
+	FSType     string
 }
 
-// parseMountinfo picks the cgroup2 mount from a mountinfo(5) text. Only mounts whose
-// root is "/" qualify: a mount of a subtree (a bind mount, or the host mount seen from
-// inside a cgroup namespace, which shows up as "/.." paths) would not show kubepods
-// and would give paths that do not match /proc/<pid>/cgroup.
-func parseMountinfo(r io.Reader) (string, error) {
-	var mounts []cgroup2Mount
+// ReadMounts parses a mountinfo(5) file, e.g. /proc/self/mountinfo.
+func ReadMounts(path string) ([]Mount, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	defer f.Close()
+	mounts, err := ParseMounts(f)
+	if err != nil {
+		return nil, fmt.Errorf("read mounts from %s: %w", path, err)
+	}
+	return mounts, nil
+}
+
+// ParseMounts parses a mountinfo(5) text; a malformed line is an error.
+func ParseMounts(r io.Reader) ([]Mount, error) {
+	var mounts []Mount
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	line := 0
@@ -80,36 +93,54 @@ func parseMountinfo(r io.Reader) (string, error) {
 		line++
 		m, ok, err := parseMountinfoLine(sc.Text())
 		if err != nil {
-			return "", fmt.Errorf("line %d: %w", line, err)
+			return nil, fmt.Errorf("line %d: %w", line, err)
 		}
 		if ok {
 			mounts = append(mounts, m)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("read mountinfo: %w", err)
+		return nil, fmt.Errorf("read mountinfo: %w", err)
+	}
+	return mounts, nil
+}
+
+// parseMountinfo picks the cgroup2 mount from a mountinfo(5) text. Only mounts whose
+// root is "/" qualify: a mount of a subtree (a bind mount, or the host mount seen from
+// inside a cgroup namespace, which shows up as "/.." paths) would not show kubepods
+// and would give paths that do not match /proc/<pid>/cgroup.
+func parseMountinfo(r io.Reader) (string, error) {
+	all, err := ParseMounts(r)
+	if err != nil {
+		return "", err
+	}
+	var mounts []Mount
+	for _, m := range all {
+		if m.FSType == "cgroup2" {
+			mounts = append(mounts, m)
+		}
 	}
 	if len(mounts) == 0 {
 		return "", fmt.Errorf("%w (is this a cgroup v1-only host? execgate needs cgroup v2, pure or hybrid)", ErrNoCgroup2)
 	}
 	var best string
 	for _, m := range mounts {
-		if m.root != "/" {
+		if m.Root != "/" {
 			continue
 		}
 		// The conventional locations win; otherwise the last mount, since a later mount
 		// on the same point hides the earlier one.
 		switch {
-		case m.mountPoint == "/sys/fs/cgroup":
-			return m.mountPoint, nil
+		case m.MountPoint == "/sys/fs/cgroup":
+			return m.MountPoint, nil
 		case best == "/sys/fs/cgroup/unified":
 		default:
-			best = m.mountPoint
+			best = m.MountPoint
 		}
 	}
 	if best == "" {
 		return "", fmt.Errorf("%w: the cgroup2 mount at %q shows only the subtree %q (agent in a private cgroup namespace?); run with the host cgroup namespace or configure the cgroup root explicitly",
-			ErrNoCgroup2, mounts[0].mountPoint, mounts[0].root)
+			ErrNoCgroup2, mounts[0].MountPoint, mounts[0].Root)
 	}
 	return best, nil
 }
@@ -119,11 +150,13 @@ func parseMountinfo(r io.Reader) (string, error) {
 //	36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
 //
 // The number of optional fields before "-" varies, so the separator is searched for.
-func parseMountinfoLine(s string) (cgroup2Mount, bool, error) {
-	fields := strings.Fields(s)
-	if len(fields) == 0 {
-		return cgroup2Mount{}, false, nil
+// The kernel separates fields with one " " and escapes only space, tab, newline and
+// backslash, so a field may hold other spaces ("\r", U+00A0): split on " " alone.
+func parseMountinfoLine(s string) (Mount, bool, error) {
+	if strings.TrimSpace(s) == "" {
+		return Mount{}, false, nil
 	}
+	fields := strings.Split(s, " ")
 	sep := -1
 	for i := 6; i < len(fields); i++ {
 		if fields[i] == "-" {
@@ -132,23 +165,20 @@ func parseMountinfoLine(s string) (cgroup2Mount, bool, error) {
 		}
 	}
 	if len(fields) < 7 || sep < 0 || sep+1 >= len(fields) {
-		return cgroup2Mount{}, false, fmt.Errorf("malformed mountinfo line %q", s)
-	}
-	if fields[sep+1] != "cgroup2" {
-		return cgroup2Mount{}, false, nil
+		return Mount{}, false, fmt.Errorf("malformed mountinfo line %q", s)
 	}
 	root, err := unescapeMountinfo(fields[3])
 	if err != nil {
-		return cgroup2Mount{}, false, err
+		return Mount{}, false, err
 	}
 	mp, err := unescapeMountinfo(fields[4])
 	if err != nil {
-		return cgroup2Mount{}, false, err
+		return Mount{}, false, err
 	}
 	if !filepath.IsAbs(mp) {
-		return cgroup2Mount{}, false, fmt.Errorf("cgroup2 mount point %q is not absolute", mp)
+		return Mount{}, false, fmt.Errorf("%s mount point %q is not absolute", fields[sep+1], mp)
 	}
-	return cgroup2Mount{root: root, mountPoint: filepath.Clean(mp)}, true, nil
+	return Mount{Root: root, MountPoint: filepath.Clean(mp), FSType: fields[sep+1]}, true, nil
 }
 
 // unescapeMountinfo undoes the kernel's octal escaping of space, tab, newline and

@@ -18,7 +18,7 @@ import (
 
 // attachModes are every way the program hooks exec; each kernel test runs
 // under all of them.
-var attachModes = []AttachMode{AttachLSM, AttachFmodRet, AttachExecKill}
+var attachModes = []AttachMode{AttachLSM, AttachFmodRet, AttachFanotify, AttachExecKill}
 
 func forEachAttachMode(t *testing.T, fn func(t *testing.T, mode AttachMode)) {
 	for _, mode := range attachModes {
@@ -31,11 +31,17 @@ func forEachAttachMode(t *testing.T, fn func(t *testing.T, mode AttachMode)) {
 }
 
 // requireAttachMode skips a trampoline mode the kernel refuses, saying why,
-// unless EXECGATE_REQUIRE_TRAMPOLINES=1 demands it. exec_kill needs nothing
-// beyond BPF and is always required under EXECGATE_REQUIRE_BPF.
+// unless EXECGATE_REQUIRE_TRAMPOLINES=1 demands it. exec_kill and fanotify
+// need no trampolines and are required under EXECGATE_REQUIRE_BPF.
 func requireAttachMode(t *testing.T, mode AttachMode) {
 	t.Helper()
-	if mode == AttachExecKill {
+	switch mode {
+	case AttachExecKill:
+		return
+	case AttachFanotify: // no trampolines needed: required wherever BPF is
+		if err := GateAvailable(); err != nil {
+			testenv.Need(t, "EXECGATE_REQUIRE_BPF", err.Error())
+		}
 		return
 	}
 	if mode == AttachLSM {

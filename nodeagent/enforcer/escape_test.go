@@ -168,7 +168,11 @@ const nobody = 65534
 func TestEscapeAttempts(t *testing.T) {
 	forEachAttachMode(t, func(t *testing.T, mode AttachMode) {
 		l := newEscapeLab(t, newTestEnforcer(t, mode))
-		trampoline := mode != AttachExecKill
+		// Which file of a script is checked: the script (lsm, fmod_ret, and
+		// the fanotify gate), the interpreter that runs (exec_kill, and so
+		// fanotify too, which is exec_kill plus the gate).
+		checksScript := mode != AttachExecKill
+		checksInterpreter := mode == AttachExecKill || mode == AttachFanotify
 
 		t.Run("symlink with an allowed name to a disallowed binary", func(t *testing.T) {
 			link := l.path("allowed-name")
@@ -361,7 +365,7 @@ func TestEscapeAttempts(t *testing.T) {
 			script := l.path("scripts/any.sh")
 			writeExecutable(t, script, "#!/bin/sh\necho script-ran\n")
 			cg := l.cgroup(t, "script-interp", sh)
-			if trampoline {
+			if checksScript {
 				want(t, run(t, cg, nil, script), denied) // the script is the executable checked
 			} else {
 				want(t, run(t, cg, nil, script), ran) // documented: exec_kill checks the interpreter
@@ -372,10 +376,10 @@ func TestEscapeAttempts(t *testing.T) {
 			script := l.path("scripts/listed.sh")
 			writeExecutable(t, script, "#!/usr/bin/id\n")
 			cg := l.cgroup(t, "script-listed", script)
-			if trampoline {
-				want(t, run(t, cg, nil, script), ran) // documented: lsm/fmod_ret check the script only
-			} else {
+			if checksInterpreter {
 				want(t, run(t, cg, nil, script), denied)
+			} else {
+				want(t, run(t, cg, nil, script), ran) // documented: lsm/fmod_ret check the script only
 			}
 		})
 	})

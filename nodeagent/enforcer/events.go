@@ -159,12 +159,18 @@ func (e *Enforcer) readEvents() {
 			e.log.Error("decode event", zap.Error(err))
 			continue
 		}
-		ev := e.enrich(raw)
-		select {
-		case e.events <- ev:
-		default:
-			atomic.AddUint64(&e.userDrops, 1)
-		}
+		e.deliver(raw)
+	}
+}
+
+// deliver hands an event to Events without ever blocking the kernel's or
+// the gate's reader. Close stops the gate's readers before the ring buffer's, which closes
+// Events.
+func (e *Enforcer) deliver(raw RawEvent) {
+	select {
+	case e.events <- e.enrich(raw):
+	default:
+		atomic.AddUint64(&e.userDrops, 1)
 	}
 }
 

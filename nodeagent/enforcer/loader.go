@@ -28,10 +28,13 @@ import (
 type AttachMode string
 
 const (
-	AttachAuto     AttachMode = "auto"      // the first of lsm, fmod_ret, exec_kill that loads
+	AttachAuto     AttachMode = "auto"      // the first of lsm, fmod_ret, fanotify, exec_kill that works
 	AttachLSM      AttachMode = "lsm"       // BPF LSM (5.7+, boot flag lsm=...,bpf): EPERM
 	AttachFmodRet  AttachMode = "fmod_ret"  // BPF trampoline (5.7+, BTF, no boot flag): EPERM
 	AttachExecKill AttachMode = "exec_kill" // tp_btf/sched_process_exec (5.5+, no trampoline): SIGKILL
+	// AttachFanotify is exec_kill plus the fanotify gate (gate.go): EPERM
+	// without trampolines (6.2+, CONFIG_FANOTIFY_ACCESS_PERMISSIONS).
+	AttachFanotify AttachMode = "fanotify"
 )
 
 // Denies reports how a Protect-mode denial looks to the process: EPERM from
@@ -46,12 +49,12 @@ func (m AttachMode) Denies() string {
 // ParseAttachMode validates a flag value.
 func ParseAttachMode(s string) (AttachMode, error) {
 	switch m := AttachMode(s); m {
-	case AttachAuto, AttachLSM, AttachFmodRet, AttachExecKill:
+	case AttachAuto, AttachLSM, AttachFmodRet, AttachFanotify, AttachExecKill:
 		return m, nil
 	case "":
 		return AttachAuto, nil
 	}
-	return "", fmt.Errorf("unknown attach mode %q: want auto, lsm, fmod_ret or exec_kill", s)
+	return "", fmt.Errorf("unknown attach mode %q: want auto, lsm, fmod_ret, fanotify or exec_kill", s)
 }
 
 // Config sizes the maps and says where state is pinned.
@@ -149,6 +152,7 @@ type Enforcer struct {
 	lnk      link.Link
 	key      bpf.ExecgateSiphashKey
 	adopted  bool
+	gate     *gateSupervisor // fanotify mode only
 
 	mu       sync.Mutex // serialises every writer of the maps below and of the state
 	policies map[PolicyKey]*policyState
@@ -196,6 +200,17 @@ func New(cfg Config) (*Enforcer, error) {
 		e.closeFDs()
 		return nil, err
 	}
+	if e.attach == AttachFanotify {
+		if err := e.startGate(); err != nil {
+			if cfg.Attach != AttachAuto {
+				e.Close()
+				return nil, err
+			}
+			// exec_kill's link is already in place: only EPERM is lost.
+			e.log.Warn("fanotify gate refused; denials kill instead of returning EPERM", zap.Error(err))
+			e.attach = AttachExecKill
+		}
+	}
 	e.log.Info("enforcer ready", zap.String("attach", string(e.attach)), zap.Bool("adopted", e.adopted),
 		zap.Bool("argv", e.argv), zap.String("pinDir", cfg.PinDir), zap.Int("policies", len(e.policies)),
 		zap.Int("bindings", len(e.binds)))
@@ -242,13 +257,20 @@ func candidateModes(m AttachMode) []AttachMode {
 	if ok, _ := BPFLSMActive(); ok {
 		out = append(out, AttachLSM)
 	}
-	return append(out, AttachFmodRet, AttachExecKill)
+	out = append(out, AttachFmodRet)
+	if GateAvailable() == nil {
+		out = append(out, AttachFanotify)
+	}
+	return append(out, AttachExecKill)
 }
 
+// programFor is the program each mode attaches; fanotify also loads
+// execgate_gate, which the gate process runs as an iterator.
 var programFor = map[AttachMode]string{
 	AttachLSM:      bpf.ExecgateProgExecgateLsm,
 	AttachFmodRet:  bpf.ExecgateProgExecgateFmodRet,
 	AttachExecKill: bpf.ExecgateProgExecgateExecKill,
+	AttachFanotify: bpf.ExecgateProgExecgateExecKill,
 }
 
 func (e *Enforcer) loadMode(mode AttachMode) error {
@@ -258,7 +280,7 @@ func (e *Enforcer) loadMode(mode AttachMode) error {
 	}
 	keep := programFor[mode]
 	for name := range spec.Programs {
-		if name != keep {
+		if name != keep && (mode != AttachFanotify || name != bpf.ExecgateProgExecgateGate) {
 			delete(spec.Programs, name)
 		}
 	}
@@ -591,6 +613,9 @@ func Cleanup(dir string) error {
 // state stays in the kernel and keeps enforcing.
 func (e *Enforcer) Close() error {
 	e.closeOnce.Do(func() {
+		if e.gate != nil {
+			e.gate.stop()
+		}
 		if e.reader != nil {
 			e.reader.Close()
 			<-e.readerDone

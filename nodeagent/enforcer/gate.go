@@ -1,0 +1,325 @@
+package enforcer
+
+// The fanotify gate makes a Protect denial an EPERM from execve on kernels
+// that refuse BPF trampolines (no lsm, no fmod_ret), where exec_kill alone can
+// only kill the process once the exec has committed.
+//
+// A FAN_OPEN_EXEC_PERM mark on every filesystem holds each open-for-exec until
+// the gate answers. The gate does not decide by itself: it asks the kernel
+// program, running execgate_gate (an iterator over the gate's own file table)
+// on the event's file and the blocked task. decide() is the same code over the
+// same maps as exec_kill's. A denial is answered FAN_DENY, so execve fails with
+// EPERM, and reported; anything else is allowed and left to exec_kill, which
+// still decides every exec once it commits. So the gate only moves a denial
+// earlier: if it dies, hangs up or misses a filesystem (memfd lives on none),
+// exec_kill still kills what it would have denied.
+//
+// The gate is its own process, this binary re-executed (see init below): a Go
+// process that starts children must not also answer permission events, since
+// os/exec forks with vfork, a stop-the-world GC then waits for the vforking
+// thread, which waits for its child's exec, which waits for the gate's answer.
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/execgate/execgate/bpf"
+)
+
+// gateEnv makes a process that imports this package run as the gate.
+const gateEnv = "EXECGATE_FANOTIFY_GATE"
+
+func init() {
+	if os.Getenv(gateEnv) == "1" {
+		os.Exit(runGateProcess())
+	}
+}
+
+// Records the gate process writes to its parent: a little-endian header
+// {kind, length} and length bytes.
+const (
+	gateReady = 1 // payload: a summary of the marked filesystems
+	gateEvent = 2 // payload: an event record, the ring buffer's format
+	gateLog   = 3 // payload: a message for the agent's log
+	gateFatal = 4 // payload: why the gate stops
+
+	maxGateRecord = 1 << 16
+)
+
+// gateReadyTimeout bounds the wait for the first gate to mark filesystems.
+const gateReadyTimeout = 10 * time.Second
+
+// gateRestartDelay paces restarts of a gate that died; exec_kill enforces
+// meanwhile.
+const gateRestartDelay = time.Second
+
+// gateSupervisor runs the gate process and restarts it until stop.
+type gateSupervisor struct {
+	e        *Enforcer
+	prog     *ebpf.Program
+	question *ebpf.Map
+
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	lifeline *os.File // write end: closing it tells the gate to exit
+	stopping bool
+	done     chan struct{}
+	starts   int
+	readers  sync.WaitGroup // readGate goroutines: done before Events closes
+}
+
+// startGate starts the gate and waits until it has marked the filesystems.
+func (e *Enforcer) startGate() error {
+	g := &gateSupervisor{
+		e:        e,
+		prog:     e.coll.Programs[bpf.ExecgateProgExecgateGate],
+		question: e.coll.Maps[bpf.ExecgateMapGateQuestion],
+		done:     make(chan struct{}),
+	}
+	if g.prog == nil || g.question == nil {
+		return errors.New("fanotify gate: program or question map not loaded")
+	}
+	ready := make(chan error, 1)
+	if err := g.start(ready); err != nil {
+		return err
+	}
+	select {
+	case err := <-ready:
+		if err != nil {
+			g.stop()
+			return err
+		}
+	case <-time.After(gateReadyTimeout):
+		g.stop()
+		return fmt.Errorf("fanotify gate: not ready within %s", gateReadyTimeout)
+	}
+	e.gate = g
+	go g.supervise()
+	return nil
+}
+
+// start launches one gate process; ready (if not nil) receives nil once it
+// has marked the filesystems, or why it could not.
+func (g *gateSupervisor) start(ready chan<- error) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("fanotify gate: find own executable: %w", err)
+	}
+	progFD, err := dupFile(g.prog.FD(), "gate-program")
+	if err != nil {
+		return err
+	}
+	defer progFD.Close()
+	mapFD, err := dupFile(g.question.FD(), "gate-question")
+	if err != nil {
+		return err
+	}
+	defer mapFD.Close()
+	recR, recW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("fanotify gate: pipe: %w", err)
+	}
+	lifeR, lifeW, err := os.Pipe()
+	if err != nil {
+		recR.Close()
+		recW.Close()
+		return fmt.Errorf("fanotify gate: pipe: %w", err)
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), gateEnv+"=1")
+	cmd.Stderr = os.Stderr
+	// fd 3, 4, 5, 6 in the gate: see runGateProcess.
+	cmd.ExtraFiles = []*os.File{progFD, mapFD, recW, lifeR}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		recR.Close()
+		recW.Close()
+		lifeR.Close()
+		lifeW.Close()
+		return fmt.Errorf("fanotify gate: start %s: %w", self, err)
+	}
+	recW.Close()
+	lifeR.Close()
+	g.mu.Lock()
+	g.cmd, g.lifeline = cmd, lifeW
+	g.starts++
+	g.mu.Unlock()
+	g.readers.Add(1)
+	go func() {
+		defer g.readers.Done()
+		g.e.readGate(recR, ready)
+	}()
+	return nil
+}
+
+// supervise restarts the gate when it dies, until stop.
+func (g *gateSupervisor) supervise() {
+	defer close(g.done)
+	for {
+		g.mu.Lock()
+		cmd := g.cmd
+		g.mu.Unlock()
+		err := cmd.Wait()
+		g.mu.Lock()
+		g.lifeline.Close()
+		stopping := g.stopping
+		g.mu.Unlock()
+		if stopping {
+			return
+		}
+		g.e.log.Error("fanotify gate exited; exec_kill enforces until it is back (denials kill instead of EPERM)",
+			zap.Error(err), zap.Duration("restartIn", gateRestartDelay))
+		time.Sleep(gateRestartDelay)
+		g.mu.Lock()
+		stopping = g.stopping
+		g.mu.Unlock()
+		if stopping {
+			return
+		}
+		for g.start(nil) != nil {
+			time.Sleep(gateRestartDelay)
+			g.mu.Lock()
+			stopping = g.stopping
+			g.mu.Unlock()
+			if stopping {
+				return
+			}
+		}
+	}
+}
+
+// stop asks the gate to exit and waits; a gate that does not exit is killed.
+// The kernel allows every pending exec when the fanotify group closes.
+func (g *gateSupervisor) stop() {
+	g.mu.Lock()
+	g.stopping = true
+	cmd, lifeline := g.cmd, g.lifeline
+	g.mu.Unlock()
+	if lifeline != nil {
+		lifeline.Close()
+	}
+	defer g.readers.Wait()
+	if g.e.gate != g { // never supervised: wait here
+		if cmd != nil {
+			waitOrKill(cmd, func() error { return cmd.Wait() })
+		}
+		return
+	}
+	select {
+	case <-g.done:
+	case <-time.After(5 * time.Second):
+		if cmd != nil && cmd.Process != nil {
+			cmd.Process.Kill()
+		}
+		<-g.done
+	}
+}
+
+func waitOrKill(cmd *exec.Cmd, wait func() error) {
+	done := make(chan struct{})
+	go func() { wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+// readGate turns the gate's records into log lines and events.
+func (e *Enforcer) readGate(r *os.File, ready chan<- error) {
+	defer r.Close()
+	signal := func(err error) {
+		if ready != nil {
+			ready <- err
+			ready = nil
+		}
+	}
+	defer signal(errors.New("fanotify gate exited before it was ready"))
+	for {
+		kind, payload, err := readGateRecord(r)
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				e.log.Error("read fanotify gate", zap.Error(err))
+			}
+			return
+		}
+		switch kind {
+		case gateReady:
+			e.log.Info("fanotify gate ready", zap.String("marked", string(payload)))
+			signal(nil)
+		case gateEvent:
+			raw, err := DecodeEvent(payload)
+			if err != nil {
+				e.log.Error("decode fanotify gate event", zap.Error(err))
+				continue
+			}
+			e.deliver(raw)
+		case gateLog:
+			e.log.Warn("fanotify gate", zap.String("message", string(payload)))
+		case gateFatal:
+			e.log.Error("fanotify gate stops", zap.String("reason", string(payload)))
+			signal(fmt.Errorf("fanotify gate: %s", payload))
+		default:
+			e.log.Error("fanotify gate: unknown record", zap.Uint32("kind", kind))
+		}
+	}
+}
+
+func readGateRecord(r io.Reader) (uint32, []byte, error) {
+	var hdr [8]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	kind, n := binary.LittleEndian.Uint32(hdr[:4]), binary.LittleEndian.Uint32(hdr[4:])
+	if n > maxGateRecord {
+		return 0, nil, fmt.Errorf("gate record of %d bytes is larger than %d", n, maxGateRecord)
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return 0, nil, fmt.Errorf("gate record: %w", err)
+	}
+	return kind, payload, nil
+}
+
+func writeGateRecord(w io.Writer, kind uint32, payload []byte) error {
+	if len(payload) > maxGateRecord {
+		payload = payload[:maxGateRecord]
+	}
+	buf := make([]byte, 8+len(payload))
+	binary.LittleEndian.PutUint32(buf[:4], kind)
+	binary.LittleEndian.PutUint32(buf[4:8], uint32(len(payload)))
+	copy(buf[8:], payload)
+	_, err := w.Write(buf) // one write of at most 64 KiB + 8: the parent reads it whole
+	return err
+}
+
+func dupFile(fd int, name string) (*os.File, error) {
+	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("fanotify gate: dup %s: %w", name, err)
+	}
+	return os.NewFile(uintptr(d), name), nil
+}
+
+// GateAvailable reports whether this kernel can run the fanotify gate:
+// permission events and the kfunc the gate program needs (6.2+).
+func GateAvailable() error {
+	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC, unix.O_RDONLY)
+	if err != nil {
+		return fmt.Errorf("fanotify permission events (CONFIG_FANOTIFY_ACCESS_PERMISSIONS): %w", err)
+	}
+	unix.Close(fd)
+	return nil
+}

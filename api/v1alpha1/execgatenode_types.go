@@ -11,7 +11,7 @@ const MaxNodePolicies = 512
 
 // AttachMode is how the node agent's exec hook is attached to the kernel (see the README's
 // table of attach modes).
-// +kubebuilder:validation:Enum=lsm;fmod_ret;exec_kill
+// +kubebuilder:validation:Enum=lsm;fmod_ret;fanotify;exec_kill
 type AttachMode string
 
 const (
@@ -19,6 +19,9 @@ const (
 	AttachLSM AttachMode = "lsm"
 	// AttachFmodRet: BPF trampoline on the LSM hook; a denied execve fails with EPERM.
 	AttachFmodRet AttachMode = "fmod_ret"
+	// AttachFanotify: exec tracepoint plus a fanotify permission gate that asks the same
+	// program; a denied execve fails with EPERM (no BPF trampolines needed).
+	AttachFanotify AttachMode = "fanotify"
 	// AttachExecKill: exec tracepoint; a denied process is killed before its first
 	// instruction.
 	AttachExecKill AttachMode = "exec_kill"

@@ -33,7 +33,7 @@ func main() {
 	flag.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup2 mount point (empty = discover)")
 	flag.StringVar(&cfg.CgroupDriver, "cgroup-driver", "systemd", "kubelet cgroup driver: systemd or cgroupfs")
 	flag.StringVar(&cfg.KubeletCgroupParent, "kubelet-cgroup-parent", "", "directory under the cgroup root holding the kubelet's kubepods tree")
-	flag.StringVar(&cfg.AttachMode, "attach-mode", "auto", "exec hook: auto, lsm, fmod_ret or exec_kill")
+	flag.StringVar(&cfg.AttachMode, "attach-mode", "auto", "exec hook: auto, lsm, fmod_ret, fanotify or exec_kill")
 	flag.IntVar(&cfg.MaxPods, "max-pods", 256, "pods this node may enforce (sizes the kernel maps and the pending set)")
 	flag.IntVar(&cfg.MaxEntries, "max-entries", 65536, "exact allowlist entries across all policies")
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for the backstop watch (empty = in-cluster, or no backstop)")

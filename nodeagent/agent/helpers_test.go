@@ -155,11 +155,18 @@ func podPolicy(uid string, qos cgroups.QoS, pol podpolicy.Policy, containers ...
 // the attach mode denies (EPERM, or SIGKILL before the binary runs).
 func assertProtected(t *testing.T, e *enforcer.Enforcer, cg *testenv.Cgroup) {
 	t.Helper()
+	assertProtectedAs(t, e.AttachMode(), cg)
+}
+
+// assertProtectedAs checks that cg is protected, with denials looking as in
+// mode.
+func assertProtectedAs(t *testing.T, mode enforcer.AttachMode, cg *testenv.Cgroup) {
+	t.Helper()
 	if out, err := cg.Run("/usr/bin/echo", "hello"); err != nil || out != "hello\n" {
 		t.Fatalf("allowed exec: out %q err %v", out, err)
 	}
 	out, err := cg.Run("/usr/bin/id")
-	assertDenied(t, e.AttachMode(), out, err)
+	assertDenied(t, mode, out, err)
 }
 
 func assertDenied(t *testing.T, mode enforcer.AttachMode, out string, err error) {

@@ -314,7 +314,7 @@ func nodeStatusFromAgent(st *agentv1.AgentStatus, bpfLSMActive bool, agentVersio
 		EventsDropped: clampInt64(st.GetEventsDropped()),
 	}
 	switch m := v1alpha1.AttachMode(st.GetAttachMode()); m {
-	case v1alpha1.AttachLSM, v1alpha1.AttachFmodRet, v1alpha1.AttachExecKill:
+	case v1alpha1.AttachLSM, v1alpha1.AttachFmodRet, v1alpha1.AttachFanotify, v1alpha1.AttachExecKill:
 		out.AttachMode = m
 	}
 	for _, p := range st.GetPods() {

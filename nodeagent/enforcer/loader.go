@@ -46,6 +46,15 @@ func (m AttachMode) Denies() string {
 	return "EPERM"
 }
 
+// Unattended is the mode in force while no agent process runs: the pinned
+// program alone. The fanotify gate lives and dies with the agent.
+func (m AttachMode) Unattended() AttachMode {
+	if m == AttachFanotify {
+		return AttachExecKill
+	}
+	return m
+}
+
 // ParseAttachMode validates a flag value.
 func ParseAttachMode(s string) (AttachMode, error) {
 	switch m := AttachMode(s); m {

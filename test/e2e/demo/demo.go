@@ -65,7 +65,11 @@ func Run(ctx context.Context, w io.Writer) (err error) {
 	mode := enforcer.AttachMode(st.GetAttachMode())
 	say("ready in %s: node %s, agent attached in %s mode (kernel %s): a denied exec fails with %s",
 		time.Since(start).Round(100*time.Millisecond), n.Name, mode, st.GetKernelVersion(), mode.Denies())
-	if mode == enforcer.AttachExecKill {
+	switch mode {
+	case enforcer.AttachFanotify:
+		say("    (this kernel refuses BPF trampoline programs: a fanotify permission gate asks the same BPF\n" +
+			"     program before the exec and makes execve fail; see README, kernel support matrix)")
+	case enforcer.AttachExecKill:
 		say("    (this kernel refuses BPF trampoline programs, so execve cannot return EPERM here: the denied\n" +
 			"     process is killed before its first instruction instead; see README, kernel support matrix)")
 	}

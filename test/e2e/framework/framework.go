@@ -525,7 +525,8 @@ func (n *Node) WatchEvents(ctx context.Context, filter *agentv1.EventFilter) (_ 
 }
 
 // IsDenial tells execgate's denial of an exec from other failures: EPERM from
-// execve (lsm, fmod_ret attach modes), or SIGKILL at exec (exec_kill).
+// execve (lsm, fmod_ret, fanotify attach modes), or SIGKILL at exec (exec_kill,
+// and fanotify while no agent runs).
 func IsDenial(err error) bool {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {

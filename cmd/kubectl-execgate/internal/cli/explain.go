@@ -248,7 +248,7 @@ func (c ContainerRules) describe(mode v1alpha1.Mode) string {
 
 func denialLooksLike(m v1alpha1.AttachMode) string {
 	switch m {
-	case v1alpha1.AttachLSM, v1alpha1.AttachFmodRet:
+	case v1alpha1.AttachLSM, v1alpha1.AttachFmodRet, v1alpha1.AttachFanotify:
 		return "a denied execve fails with EPERM"
 	case v1alpha1.AttachExecKill:
 		return "a denied process is killed (SIGKILL) before its first instruction"

@@ -32,7 +32,13 @@ verify-generated: deps
 # CI_FUZZTIME bounds each fuzz target's random search in `make test` (make fuzz for longer).
 CI_FUZZTIME ?= 5s
 
-test: deps tools verify-generated
-	$(GO) vet ./...
-	$(GO) test $(GOTEST_FLAGS) ./...
-	$(MAKE) --no-print-directory fuzz FUZZTIME=$(CI_FUZZTIME)
+# Each stage prints how long it took (CI reads them in its log).
+test:
+	@set -e; t0=$$(date +%s); \
+	stage() { s=$$(date +%s); echo "== stage $$1"; shift; "$$@"; echo "== stage took $$(( $$(date +%s) - s ))s (total $$(( $$(date +%s) - t0 ))s)"; }; \
+	stage "deps: system packages" $(MAKE) --no-print-directory deps; \
+	stage "tools: control-plane binaries" $(MAKE) --no-print-directory tools; \
+	stage "verify-generated" $(MAKE) --no-print-directory verify-generated; \
+	stage "vet" $(GO) vet ./...; \
+	stage "go test" $(GO) test $(GOTEST_FLAGS) ./...; \
+	stage "fuzz ($(CI_FUZZTIME) per target)" $(MAKE) --no-print-directory fuzz FUZZTIME=$(CI_FUZZTIME)

@@ -33,6 +33,26 @@ const (
 	gateBufSize = 64 << 10
 )
 
+// mountView is where the gate reads the node's mount table and reaches its
+// tree. PID 1's are the host's when the agent shares the host's PID
+// namespace (the DaemonSet's hostPID) while it runs in a mount namespace of
+// its own; where PID 1's tree is out of reach, the gate's own namespace.
+type mountView struct {
+	mountinfo, root string
+}
+
+var mountViews = []mountView{{"/proc/1/mountinfo", "/proc/1/root"}, {"/proc/self/mountinfo", ""}}
+
+func chooseMountView() mountView {
+	for _, v := range mountViews[:len(mountViews)-1] {
+		var st unix.Stat_t
+		if unix.Stat(v.root+"/", &st) == nil {
+			return v
+		}
+	}
+	return mountViews[len(mountViews)-1]
+}
+
 // Filesystems no executable is run from; marking them only costs.
 var unmarkedFS = map[string]bool{
 	"proc": true, "sysfs": true, "cgroup": true, "cgroup2": true, "bpf": true, "tracefs": true,
@@ -47,6 +67,7 @@ type gateProcess struct {
 	iter     int // iterator link of execgate_gate over this process's files
 	question *ebpf.Map
 	out      *os.File
+	view     mountView
 	marked   map[uint64]string // st_dev -> the mount point it was marked through
 	buf      []byte
 }
@@ -75,7 +96,7 @@ func newGateProcess(out *os.File) (*gateProcess, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gate question map: %w", err)
 	}
-	g := &gateProcess{question: question, out: out, marked: map[uint64]string{}, buf: make([]byte, gateBufSize)}
+	g := &gateProcess{question: question, out: out, view: chooseMountView(), marked: map[uint64]string{}, buf: make([]byte, gateBufSize)}
 	// The iterator walks the files of this process's main thread, which
 	// shares the fd table every thread reads fanotify events into.
 	if g.iter, err = attachTaskFileIter(prog.FD(), os.Getpid()); err != nil {
@@ -92,10 +113,11 @@ func newGateProcess(out *os.File) (*gateProcess, error) {
 	return g, nil
 }
 
-// markFilesystems marks every filesystem of this mount namespace not marked
-// yet (one mark covers a superblock, wherever it is mounted).
+// markFilesystems marks every filesystem of the node's mount table not
+// marked yet (one mark covers a superblock, wherever it is mounted), through
+// the node's root so that a mount point names the host's mount, not ours.
 func (g *gateProcess) markFilesystems() error {
-	mounts, err := cgroups.ReadMounts("/proc/self/mountinfo")
+	mounts, err := cgroups.ReadMounts(g.view.mountinfo)
 	if err != nil {
 		return err
 	}
@@ -104,15 +126,16 @@ func (g *gateProcess) markFilesystems() error {
 		if unmarkedFS[m.FSType] {
 			continue
 		}
+		path := g.view.root + m.MountPoint
 		var st unix.Stat_t
-		if err := unix.Stat(m.MountPoint, &st); err != nil {
+		if err := unix.Stat(path, &st); err != nil {
 			continue // hidden by a later mount, or gone
 		}
 		if _, ok := g.marked[st.Dev]; ok {
 			continue
 		}
 		err := unix.FanotifyMark(g.fan, unix.FAN_MARK_ADD|unix.FAN_MARK_FILESYSTEM, unix.FAN_OPEN_EXEC_PERM,
-			unix.AT_FDCWD, m.MountPoint)
+			unix.AT_FDCWD, path)
 		if err != nil {
 			failed = append(failed, fmt.Sprintf("%s (%s): %v", m.MountPoint, m.FSType, err))
 			g.marked[st.Dev] = "" // do not retry on every mount change
@@ -133,12 +156,12 @@ func (g *gateProcess) markedSummary() string {
 			n++
 		}
 	}
-	return fmt.Sprintf("%d filesystems", n)
+	return fmt.Sprintf("%d filesystems of %s", n, g.view.mountinfo)
 }
 
 // serve answers permission events until the agent closes the lifeline.
 func (g *gateProcess) serve() error {
-	mi, err := os.Open("/proc/self/mountinfo")
+	mi, err := os.Open(g.view.mountinfo)
 	if err != nil {
 		return fmt.Errorf("watch mounts: %w", err)
 	}

@@ -16,7 +16,7 @@ type MapStats struct {
 	Name       string
 	Type       string
 	MaxEntries uint32
-	Entries    int    // entries execgate wrote (-1 where it does not count them)
+	Entries    int    // entries in the map (-1 where not counted: arrays, ring buffer)
 	Bytes      uint64 // kernel memory charged to the map (fdinfo memlock)
 }
 
@@ -53,6 +53,12 @@ func (e *Enforcer) Stats() (Stats, error) {
 		slotInfoMap:                len(e.slots),
 	}
 	e.mu.Unlock()
+	// Only the kernel writes mount namespace pins: count them there.
+	pins, err := e.CountEntries(bpf.ExecgateMapMntnsPins)
+	if err != nil {
+		return st, err
+	}
+	counts[bpf.ExecgateMapMntnsPins] = pins
 
 	maps := map[string]*ebpf.Map{slotInfoMap: e.slotInfo}
 	for name, m := range e.coll.Maps {

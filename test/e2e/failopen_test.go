@@ -74,9 +74,18 @@ func TestFailOpen(t *testing.T) {
 
 	t.Run("healthy agent: the push lands before the binding returns", func(t *testing.T) {
 		took := bindPod(t, env, podSpec(ns, "healthy", "guarded", nil, sleep, "infinity"), n0.Name)
+		returned := time.Now()
 		p := podOnAgent(t, n0, "healthy", 30*time.Second)
 		if p.GetAppliedBy() == "backstop" {
 			t.Errorf("pod applied by the backstop, want the webhook's push")
+		}
+		// Same machine, same clock: the agent had the pod in its maps before
+		// the API server answered the binding call.
+		if at := p.GetAppliedAt().AsTime(); !at.Before(returned) {
+			t.Errorf("agent applied the pod at %s, after the binding call returned at %s",
+				at.Format(time.StampMicro), returned.Format(time.StampMicro))
+		} else {
+			t.Logf("agent applied the pod %s before the binding call returned", returned.Sub(at).Round(time.Microsecond))
 		}
 		enforced(t, n0, "healthy")
 		t.Logf("binding with a healthy agent took %s", took)

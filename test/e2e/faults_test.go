@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -293,8 +294,22 @@ func TestFaults(t *testing.T) {
 			}
 			return true, "", nil
 		})
+		// The agents' word, checked against the kernel's: every pinned map
+		// dumped by bpftool, independently of execgate's code.
+		for _, n := range env.Nodes {
+			st, err := n.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reported := mapEntries(st)
+			for _, m := range []string{"bindings", "exact_rules", "prefix_rules", "mntns_pins", "slot_info"} {
+				if got := bpftoolEntries(t, filepath.Join(n.PinDir, m)); got != 0 || reported[m] != 0 {
+					t.Errorf("%s: map %s holds %d entries (bpftool), GetStatus says %d; want 0 and 0", n.Name, m, got, reported[m])
+				}
+			}
+		}
 		rssAfter := []int{agentRSS(t, n0), agentRSS(t, n1)}
-		t.Logf("fault: pod churn: %d create/run/delete cycles in %s (%.0f/s) over 2 nodes: 0 leaked entries; agent RSS %v KiB before, %v KiB after",
+		t.Logf("fault: pod churn: %d create/run/delete cycles in %s (%.0f/s) over 2 nodes: 0 leaked entries (GetStatus and bpftool agree); agent RSS %v KiB before, %v KiB after",
 			done.Load(), took.Round(time.Second), float64(done.Load())/took.Seconds(), rssBefore, rssAfter)
 		for i := range rssAfter {
 			if rssAfter[i] > 4*rssBefore[i]+64<<10 {

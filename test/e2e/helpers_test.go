@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -196,6 +197,21 @@ func policyNames(st *agentv1.AgentStatus) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// bpftoolEntries counts a pinned map's entries with bpftool: the kernel's
+// view, read by a tool that shares no code with execgate.
+func bpftoolEntries(t *testing.T, pin string) int {
+	t.Helper()
+	out, err := exec.Command("bpftool", "--json", "map", "dump", "pinned", pin).Output()
+	if err != nil {
+		t.Fatalf("bpftool map dump pinned %s: %v", pin, err)
+	}
+	var entries []json.RawMessage
+	if err := json.Unmarshal(out, &entries); err != nil {
+		t.Fatalf("bpftool map dump pinned %s: %v (%.200s)", pin, err, out)
+	}
+	return len(entries)
 }
 
 func mapEntries(st *agentv1.AgentStatus) map[string]uint64 {

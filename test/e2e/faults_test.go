@@ -34,7 +34,7 @@ const ChurnCyclesEnv = "EXECGATE_CHURN_CYCLES"
 func TestFaults(t *testing.T) {
 	const pushTimeout = 300 * time.Millisecond
 	env := startEnv(t, framework.Options{Nodes: 2, PushTimeout: pushTimeout, GCInterval: 2 * time.Second,
-		PodStartDelay: 20 * time.Millisecond, SandboxDelay: 50 * time.Millisecond})
+		PodStartDelay: 20 * time.Millisecond, SandboxDelay: 50 * time.Millisecond, NodeNetworks: true})
 	ctx := context.Background()
 	const ns = "faults"
 	createNamespace(t, env, ns)
@@ -121,14 +121,27 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("partition between controller and agent", func(t *testing.T) {
-		n1.Link.SetDown(true)
+		// The agent runs in a network namespace of its own; its veth goes down:
+		// the controller's packets are dropped, no connection is refused or reset.
+		if err := n1.SetNetworkDown(true); err != nil {
+			t.Fatal(err)
+		}
+		defer n1.SetNetworkDown(false)
 		took := bindPod(t, env, podSpec(ns, "cut-off", "guarded", nil, sleep, "infinity"), n1.Name)
 		if took > pushTimeout+700*time.Millisecond {
 			t.Errorf("binding across a partition took %s, want <= %s + 700ms", took, pushTimeout)
 		}
 		runningPods(t, env, ns, []string{"cut-off"}, 60*time.Second)
+		// The agent cannot be asked across the partition: the pod's own exec
+		// shows it enforced, by the agent's watch of the API server.
+		waitFor(t, 60*time.Second, "cut-off pod enforced behind the partition", func(ctx context.Context) (bool, string, error) {
+			_, err := n1.Kubelet.Exec(ctx, ns, "cut-off", "app", cat, "/dev/null")
+			return denied(err), fmt.Sprintf("cat: %v", err), nil
+		})
+		if err := n1.SetNetworkDown(false); err != nil {
+			t.Fatal(err)
+		}
 		p := podOnAgent(t, n1, "cut-off", 60*time.Second)
-		n1.Link.SetDown(false)
 		healed := bindPod(t, env, podSpec(ns, "healed", "guarded", nil, sleep, "infinity"), n1.Name)
 		runningPods(t, env, ns, []string{"healed"}, 60*time.Second)
 		h := podOnAgent(t, n1, "healed", 60*time.Second)

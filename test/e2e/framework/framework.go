@@ -70,6 +70,9 @@ type Options struct {
 	GCInterval time.Duration
 	// PodStartDelay and SandboxDelay tune the kubelet simulators (0 = their defaults).
 	PodStartDelay, SandboxDelay time.Duration
+	// NodeNetworks runs each node's agent in a network namespace of its own,
+	// reached over a veth pair, so that Node.SetNetworkDown is a real partition.
+	NodeNetworks bool
 	// NoKubelets runs no kubelet simulators (Node.Kubelet stays nil): bound pods stay
 	// Pending and start no process, so a benchmark can offer thousands of them.
 	NoKubelets bool
@@ -129,6 +132,7 @@ type Node struct {
 	grpcAddr   string
 	healthAddr string
 	args       []string
+	net        *nodeNetwork // Options.NodeNetworks
 	env        *Env
 
 	mu    sync.Mutex
@@ -373,14 +377,21 @@ func (e *Env) startAgents(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		n.grpcAddr = "127.0.0.1:" + strconv.Itoa(ports[0])
-		n.MetricsURL = "http://127.0.0.1:" + strconv.Itoa(ports[1]) + "/metrics"
-		n.healthAddr = "127.0.0.1:" + strconv.Itoa(ports[2])
+		host := "127.0.0.1"
+		if e.opts.NodeNetworks {
+			if n.net, err = newNodeNetwork(e.Cluster.RESTConfig.Host); err != nil {
+				return fmt.Errorf("network of %s: %w", n.Name, err)
+			}
+			host = n.net.agentAddr
+		}
+		n.grpcAddr = host + ":" + strconv.Itoa(ports[0])
+		n.MetricsURL = "http://" + host + ":" + strconv.Itoa(ports[1]) + "/metrics"
+		n.healthAddr = host + ":" + strconv.Itoa(ports[2])
 		n.args = []string{
 			"--node-name=" + n.Name, "--grpc-addr=" + n.grpcAddr,
 			"--tls-cert-file=" + e.pki("agent/tls.crt"), "--tls-key-file=" + e.pki("agent/tls.key"),
 			"--client-ca-file=" + e.pki("ca.crt"), "--client-name=" + controllerClientName,
-			"--metrics-addr=127.0.0.1:" + strconv.Itoa(ports[1]), "--health-addr=" + n.healthAddr,
+			"--metrics-addr=" + host + ":" + strconv.Itoa(ports[1]), "--health-addr=" + n.healthAddr,
 			"--bpffs=" + n.PinDir, "--cgroup-driver=systemd", "--kubelet-cgroup-parent=" + n.cgroupRoot,
 			"--attach-mode=" + e.opts.AttachMode, "--kubeconfig=" + kubeconfig,
 			"--gc-interval=" + e.opts.GCInterval.String(),
@@ -396,6 +407,16 @@ func (e *Env) startAgents(ctx context.Context) error {
 	return nil
 }
 
+// SetNetworkDown cuts (true) or restores (false) the node's network link with
+// `ip link set`: the kernel drops what crosses it, nobody is told. Only for an
+// Env started with Options.NodeNetworks.
+func (n *Node) SetNetworkDown(down bool) error {
+	if n.net == nil {
+		return errors.New("node has no network of its own: start the Env with NodeNetworks")
+	}
+	return n.net.setDown(down)
+}
+
 // StartAgent starts the node's agent (again) and waits until it is ready.
 func (n *Node) StartAgent(ctx context.Context) error {
 	n.mu.Lock()
@@ -404,7 +425,11 @@ func (n *Node) StartAgent(ctx context.Context) error {
 		return fmt.Errorf("agent of %s already running", n.Name)
 	}
 	n.gen++
-	p, err := cluster.StartProcess(fmt.Sprintf("agent-%s-%d", n.Name, n.gen), n.env.bin("execgate-agent"), n.env.Dir, n.args)
+	bin, args := n.env.bin("execgate-agent"), n.args
+	if n.net != nil {
+		bin, args = n.net.command(bin, args)
+	}
+	p, err := cluster.StartProcess(fmt.Sprintf("agent-%s-%d", n.Name, n.gen), bin, n.env.Dir, args)
 	if err != nil {
 		return err
 	}
@@ -678,6 +703,9 @@ func (e *Env) Stop() error {
 			errs = append(errs, n.StopAgent())
 			if n.Link != nil {
 				errs = append(errs, n.Link.Close())
+			}
+			if n.net != nil {
+				errs = append(errs, n.net.close())
 			}
 			if n.PinDir != "" {
 				if err := enforcer.Cleanup(n.PinDir); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -81,8 +81,9 @@ enum path_flags {
 	ARGV_MISSING = 1 << 5,   /* kernel older than 5.15 or not a plain execve */
 	FOREIGN_MNTNS = 1 << 6,  /* not the mount namespace pinned for the cgroup */
 	KILLED = 1 << 7,         /* exec_kill mode: denied by SIGKILL, not EPERM */
+	SCRATCH_REUSED = 1 << 8, /* preempted by another exec on this CPU mid-decision */
 	/* Any of these: the file has no name we can trust, never allowed. */
-	PATH_UNTRUSTED = PATH_DETACHED | PATH_DELETED | PATH_TOO_DEEP | PATH_TOO_LONG | FOREIGN_MNTNS,
+	PATH_UNTRUSTED = PATH_DETACHED | PATH_DELETED | PATH_TOO_DEEP | PATH_TOO_LONG | FOREIGN_MNTNS | SCRATCH_REUSED,
 };
 
 enum binding_flags {
@@ -169,6 +170,7 @@ struct scratch {
 	struct prefix_key pk; /* LPM lookup key: too big for the stack */
 	struct event ev;
 	__u32 gate_len; /* bytes of ev the gate returns (0: no event) */
+	__u32 gen;      /* bumped by each decision that starts on this CPU */
 };
 
 /* Where the deciding program stands, which says where argv comes from. */
@@ -260,13 +262,26 @@ struct {
 	__uint(max_entries, 1);
 } stats SEC(".maps");
 
-/* Fixed per-CPU working memory; never per policy. */
+/*
+ * Fixed per-CPU working memory; never per policy. exec_kill runs with
+ * preemption off, but lsm and fmod_ret programs only with migration off: an
+ * exec on the same CPU may preempt one mid-decision and reuse this memory.
+ * scratch.gen tells, and the preempted decision fails closed.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct scratch);
 	__uint(max_entries, 1);
 } scratch SEC(".maps");
+
+/* The gate's own working memory: it asks one question at a time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct scratch);
+	__uint(max_entries, 1);
+} gate_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -626,16 +641,15 @@ static __always_inline bool foreign_mntns(__u64 cgroup_id, __u64 bound_id, __u32
  * (HOW_GATE) acts only on denials: an exec it lets through is decided again,
  * counted and reported by exec_kill once it commits.
  */
-static __always_inline int decide(struct task_struct *task, struct file *file, int argc, enum how how)
+static __always_inline int decide(struct scratch *s, struct task_struct *task, struct file *file, int argc, enum how how)
 {
 	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
 	struct binding bind, *found;
 	__u64 leaf_id, bound_id = 0;
-	struct scratch *s;
 	struct siphash_key *key;
 	struct event *ev;
 	struct exact_key ek = {};
-	__u32 zero = 0, len, start = 0;
+	__u32 zero = 0, len, start = 0, gen;
 	bool allowed = false, denied;
 	__u16 flags = 0;
 
@@ -645,11 +659,11 @@ static __always_inline int decide(struct task_struct *task, struct file *file, i
 	bind = *found;
 	leaf_id = BPF_CORE_READ(cg, kn, id);
 
-	s = bpf_map_lookup_elem(&scratch, &zero);
 	key = bpf_map_lookup_elem(&config, &zero);
 	if (!s || !key)
 		return bind.mode == MODE_PROTECT ? -EPERM : 0;
 	ev = &s->ev;
+	gen = ++s->gen;
 
 	len = resolve_path(s, file, BPF_CORE_READ(task, nsproxy, mnt_ns, root), &flags, &start);
 	if (foreign_mntns(leaf_id, bound_id, BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum)))
@@ -660,6 +674,10 @@ static __always_inline int decide(struct task_struct *task, struct file *file, i
 		allowed = bpf_map_lookup_elem(&exact_rules, &ek) != NULL;
 		if (!allowed && (bind.flags & BINDING_HAS_PREFIX))
 			allowed = prefix_allowed(s, bind.slot, start, len);
+	}
+	if (s->gen != gen) { /* another decision used s meanwhile: its path, not ours */
+		flags |= SCRATCH_REUSED;
+		allowed = false;
 	}
 	/* Protect, and any mode we do not know: fail closed. */
 	denied = !allowed && bind.mode != MODE_LEARN && bind.mode != MODE_MONITOR;
@@ -703,8 +721,12 @@ static __always_inline int decide(struct task_struct *task, struct file *file, i
 
 static __always_inline int decide_current(struct linux_binprm *bprm, enum how how)
 {
-	return decide((struct task_struct *)bpf_get_current_task(), BPF_CORE_READ(bprm, file),
-		      BPF_CORE_READ(bprm, argc), how);
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	/* decide() fails closed on a NULL s, which a one-entry array never gives */
+	return decide(s, task, BPF_CORE_READ(bprm, file), BPF_CORE_READ(bprm, argc), how);
 }
 
 SEC("lsm/bprm_creds_for_exec")
@@ -756,7 +778,7 @@ int execgate_gate(struct bpf_iter__task_file *ctx)
 	__u32 zero = 0, len;
 
 	rq = bpf_map_lookup_elem(&gate_question, &zero);
-	s = bpf_map_lookup_elem(&scratch, &zero);
+	s = bpf_map_lookup_elem(&gate_scratch, &zero);
 	if (!file || !rq || !s || ctx->fd != (__u32)rq->fd)
 		return 0;
 	s->gate_len = 0;
@@ -773,7 +795,7 @@ int execgate_gate(struct bpf_iter__task_file *ctx)
 	 * checks the binary that finally runs.
 	 */
 	if (!BPF_CORE_READ_BITFIELD_PROBED(task, in_execve))
-		v.verdict = decide(task, file, 0, HOW_GATE);
+		v.verdict = decide(s, task, file, 0, HOW_GATE);
 	if (v.verdict)
 		v.argv = (__u64)syscall_argv(task);
 	bpf_task_release(task);

@@ -108,7 +108,8 @@ const (
 	ExecgatePathFlagsARGV_MISSING   ExecgatePathFlags = 32
 	ExecgatePathFlagsFOREIGN_MNTNS  ExecgatePathFlags = 64
 	ExecgatePathFlagsKILLED         ExecgatePathFlags = 128
-	ExecgatePathFlagsPATH_UNTRUSTED ExecgatePathFlags = 79
+	ExecgatePathFlagsSCRATCH_REUSED ExecgatePathFlags = 256
+	ExecgatePathFlagsPATH_UNTRUSTED ExecgatePathFlags = 335
 )
 
 type ExecgatePrefixKey struct {
@@ -125,7 +126,7 @@ type ExecgateScratch struct {
 	_       [4]byte
 	Ev      ExecgateEvent
 	GateLen uint32
-	_       [4]byte
+	Gen     uint32
 }
 
 type ExecgateSiphashKey struct {
@@ -156,6 +157,7 @@ const (
 	ExecgateMapEvents            = "events"
 	ExecgateMapExactRules        = "exact_rules"
 	ExecgateMapGateQuestion      = "gate_question"
+	ExecgateMapGateScratch       = "gate_scratch"
 	ExecgateMapMntnsPins         = "mntns_pins"
 	ExecgateMapPrefixRules       = "prefix_rules"
 	ExecgateMapScratch           = "scratch"
@@ -225,6 +227,7 @@ type ExecgateMapSpecs struct {
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	ExactRules   *ebpf.MapSpec `ebpf:"exact_rules"`
 	GateQuestion *ebpf.MapSpec `ebpf:"gate_question"`
+	GateScratch  *ebpf.MapSpec `ebpf:"gate_scratch"`
 	MntnsPins    *ebpf.MapSpec `ebpf:"mntns_pins"`
 	PrefixRules  *ebpf.MapSpec `ebpf:"prefix_rules"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
@@ -264,6 +267,7 @@ type ExecgateMaps struct {
 	Events       *ebpf.Map `ebpf:"events"`
 	ExactRules   *ebpf.Map `ebpf:"exact_rules"`
 	GateQuestion *ebpf.Map `ebpf:"gate_question"`
+	GateScratch  *ebpf.Map `ebpf:"gate_scratch"`
 	MntnsPins    *ebpf.Map `ebpf:"mntns_pins"`
 	PrefixRules  *ebpf.Map `ebpf:"prefix_rules"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
@@ -277,6 +281,7 @@ func (m *ExecgateMaps) Close() error {
 		m.Events,
 		m.ExactRules,
 		m.GateQuestion,
+		m.GateScratch,
 		m.MntnsPins,
 		m.PrefixRules,
 		m.Scratch,

@@ -69,7 +69,8 @@ type gateProcess struct {
 	out      *os.File
 	view     mountView
 	marked   map[uint64]string // st_dev -> the mount point it was marked through
-	buf      []byte
+	events   []byte            // a batch of fanotify events, answered one by one
+	answer   []byte            // the gate program's output for one of them
 }
 
 // runGateProcess is the gate's main: it returns the exit code.
@@ -96,7 +97,8 @@ func newGateProcess(out *os.File) (*gateProcess, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gate question map: %w", err)
 	}
-	g := &gateProcess{question: question, out: out, view: chooseMountView(), marked: map[uint64]string{}, buf: make([]byte, gateBufSize)}
+	g := &gateProcess{question: question, out: out, view: chooseMountView(), marked: map[uint64]string{},
+		events: make([]byte, gateBufSize), answer: make([]byte, gateBufSize)}
 	// The iterator walks the files of this process's main thread, which
 	// shares the fd table every thread reads fanotify events into.
 	if g.iter, err = attachTaskFileIter(prog.FD(), os.Getpid()); err != nil {
@@ -202,7 +204,7 @@ func (g *gateProcess) serve() error {
 func (g *gateProcess) answerEvents() error {
 	const metaSize = int(unsafe.Sizeof(unix.FanotifyEventMetadata{}))
 	for {
-		n, err := unix.Read(g.fan, g.buf)
+		n, err := unix.Read(g.fan, g.events)
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 			return nil
 		}
@@ -211,14 +213,14 @@ func (g *gateProcess) answerEvents() error {
 		}
 		for off := 0; off+metaSize <= n; {
 			var meta unix.FanotifyEventMetadata
-			copy(unsafe.Slice((*byte)(unsafe.Pointer(&meta)), metaSize), g.buf[off:off+metaSize])
+			copy(unsafe.Slice((*byte)(unsafe.Pointer(&meta)), metaSize), g.events[off:off+metaSize])
 			if meta.Vers != unix.FANOTIFY_METADATA_VERSION || int(meta.Event_len) < metaSize {
 				return fmt.Errorf("fanotify event of version %d, length %d: this gate speaks version %d",
 					meta.Vers, meta.Event_len, unix.FANOTIFY_METADATA_VERSION)
 			}
 			if meta.Fd >= 0 {
 				if meta.Mask&unix.FAN_OPEN_EXEC_PERM != 0 {
-					resp := unix.FanotifyResponse{Fd: meta.Fd, Response: g.answer(int(meta.Fd), meta.Pid)}
+					resp := unix.FanotifyResponse{Fd: meta.Fd, Response: g.decide(int(meta.Fd), meta.Pid)}
 					if _, err := unix.Write(g.fan, unsafe.Slice((*byte)(unsafe.Pointer(&resp)), unsafe.Sizeof(resp))); err != nil {
 						_ = writeGateRecord(g.out, gateLog, []byte(fmt.Sprintf("answer pid %d: %v", meta.Pid, err)))
 					}
@@ -230,10 +232,10 @@ func (g *gateProcess) answerEvents() error {
 	}
 }
 
-// answer asks the kernel program about one exec. Anything but a denial is
+// decide asks the kernel program about one exec. Anything but a denial is
 // allowed: exec_kill decides again once the exec commits, so a gate error
 // never lets through what exec_kill would stop.
-func (g *gateProcess) answer(fd int, pid int32) uint32 {
+func (g *gateProcess) decide(fd int, pid int32) uint32 {
 	verdict, record, argv, err := g.ask(fd, pid)
 	if err != nil {
 		_ = writeGateRecord(g.out, gateLog, []byte(fmt.Sprintf("pid %d: %v (allowed; exec_kill decides)", pid, err)))
@@ -259,8 +261,8 @@ func (g *gateProcess) ask(fd int, pid int32) (int32, []byte, uint64, error) {
 	}
 	defer unix.Close(it)
 	n := 0
-	for n < len(g.buf) {
-		m, err := unix.Read(it, g.buf[n:])
+	for n < len(g.answer) {
+		m, err := unix.Read(it, g.answer[n:])
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -277,7 +279,7 @@ func (g *gateProcess) ask(fd int, pid int32) (int32, []byte, uint64, error) {
 	if n < hdr {
 		return 0, nil, 0, fmt.Errorf("gate program gave %d bytes, want a %d-byte verdict (fd %d not found?)", n, hdr, fd)
 	}
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&v)), hdr), g.buf[:hdr])
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&v)), hdr), g.answer[:hdr])
 	if v.Verdict == -3 {
 		return 0, nil, 0, fmt.Errorf("no task %d", pid)
 	}
@@ -286,7 +288,7 @@ func (g *gateProcess) ask(fd int, pid int32) (int32, []byte, uint64, error) {
 	}
 	var record []byte
 	if v.EventLen > 0 {
-		record = bytes.Clone(g.buf[hdr : hdr+int(v.EventLen)])
+		record = bytes.Clone(g.answer[hdr : hdr+int(v.EventLen)])
 	}
 	return v.Verdict, record, v.Argv, nil
 }

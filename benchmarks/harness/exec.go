@@ -186,6 +186,9 @@ func (m *meter) kernelTime(progs []*ebpf.Program, h hooks, pods []pod) ([]kernel
 		return nil, err
 	}
 	defer h.detach()
+	if ph, ok := h.(interface{ programs() []*ebpf.Program }); ok {
+		progs = ph.programs()
+	}
 	per := max(1, m.cfg.KernelSamples/m.cfg.Rounds)
 	chunks := make([][]float64, len(pods))
 	runs := make([]float64, len(pods))

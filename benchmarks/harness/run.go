@@ -94,7 +94,7 @@ func (m *meter) execStates(ctx context.Context) error {
 	if tramp != nil {
 		m.res.TrampolinesRefused = refusal(tramp)
 	}
-	for _, mode := range []enforcer.AttachMode{enforcer.AttachExecKill, enforcer.AttachFmodRet, enforcer.AttachLSM} {
+	for _, mode := range []enforcer.AttachMode{enforcer.AttachExecKill, enforcer.AttachFanotify, enforcer.AttachFmodRet, enforcer.AttachLSM} {
 		if why := unavailable(mode, tramp); why != "" {
 			if mode == enforcer.AttachLSM && tramp == nil {
 				m.res.LSMInactive = why
@@ -139,6 +139,11 @@ const bpfMaxTrampLinks = 38
 func unavailable(mode enforcer.AttachMode, tramp error) string {
 	switch mode {
 	case enforcer.AttachExecKill:
+		return ""
+	case enforcer.AttachFanotify:
+		if err := enforcer.GateAvailable(); err != nil {
+			return "n/a: " + err.Error()
+		}
 		return ""
 	case enforcer.AttachLSM:
 		if tramp != nil {

@@ -72,12 +72,68 @@ func (m *meter) ours(ctx context.Context, mode enforcer.AttachMode, n int) (err 
 		return err
 	}
 	defer closeCounters()
-	h := &ownLink{prog: prog, mode: mode}
+	var h hooks = &ownLink{prog: prog, mode: mode}
+	if mode == enforcer.AttachFanotify {
+		h = &gateHooks{dir: dir, n: n}
+	}
 	defer h.detach()
 	return m.measure(ctx, state{
 		impl: ImplExecgate, mode: string(mode), policies: n, programs: []*ebpf.Program{prog},
 		loadPerPolicy: loadPer, kernelBytes: execbench.MapBytes(st), denies: mode.Denies(),
 	}, h, count)
+}
+
+// gateHooks puts fanotify mode on and off: an enforcer adopts the pinned maps,
+// attaches the program and starts its gate, and goes away again, its link
+// unpinned. The gate is part of the cost: every exec on the node waits for it.
+type gateHooks struct {
+	dir  string
+	n    int
+	e    *enforcer.Enforcer
+	prog *ebpf.Program // the attached exec program, for run-time statistics
+}
+
+func (g *gateHooks) attach() error {
+	if g.e != nil {
+		return nil
+	}
+	e, err := enforcer.New(execbench.EnforcerConfig(g.dir, enforcer.AttachFanotify, g.n))
+	if err != nil {
+		return fmt.Errorf("start enforcer (fanotify): %w", err)
+	}
+	prog, err := takeOverProgramKeepPin(g.dir)
+	if err != nil {
+		e.Close()
+		return err
+	}
+	g.e, g.prog = e, prog
+	return nil
+}
+
+func (g *gateHooks) detach() error {
+	if g.e == nil {
+		return nil
+	}
+	g.e.Close()
+	g.e = nil
+	if g.prog != nil {
+		g.prog.Close()
+		g.prog = nil
+	}
+	prog, err := takeOverProgram(g.dir) // unpin: the program leaves the hook
+	if prog != nil {
+		prog.Close()
+	}
+	return err
+}
+
+// programs are the state's programs while attached (they change with each
+// enforcer): the exec program; the gate's iterator program is not counted.
+func (g *gateHooks) programs() []*ebpf.Program {
+	if g.prog == nil {
+		return nil
+	}
+	return []*ebpf.Program{g.prog}
 }
 
 // takeOverProgram unpins the link of a closed enforcer's pin directory,
@@ -112,6 +168,21 @@ func takeOverProgram(dir string) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("no pinned link in %s", dir)
 	}
 	return prog, nil
+}
+
+// takeOverProgramKeepPin returns the program of dir's pinned link, leaving it
+// attached.
+func takeOverProgramKeepPin(dir string) (*ebpf.Program, error) {
+	l, err := link.LoadPinnedLink(filepath.Join(dir, "link"), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open pinned link: %w", err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return nil, fmt.Errorf("pinned link info: %w", err)
+	}
+	return ebpf.NewProgramFromID(info.Program)
 }
 
 // pinnedCounters reads execgate's per-CPU counters from the pinned map.

@@ -47,7 +47,10 @@ type Config struct {
 	MetricsAddr    string
 	HealthAddr     string
 	LeaderElect    bool
-	Kubeconfig     string // empty: in-cluster, or $KUBECONFIG
+	// LeaderElectNS holds the leader election Lease; empty: the pod's own
+	// namespace (in cluster only).
+	LeaderElectNS string
+	Kubeconfig    string // empty: in-cluster, or $KUBECONFIG
 }
 
 // validate checks the flags and returns the static endpoints or the agent selector.
@@ -80,6 +83,9 @@ func (c *Config) validate() (static map[string]string, selector labels.Selector,
 	return static, selector, errors.Join(errs...)
 }
 
+// LeaderElectionID names the Lease the replicas elect their leader with.
+const LeaderElectionID = "execgate-controller.execgate.io"
+
 // Run starts the manager and blocks until ctx ends. The webhooks and agent discovery run
 // on every replica; the policy reconciler only on the leader.
 func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
@@ -100,11 +106,16 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return fmt.Errorf("scheme: %w", err)
 	}
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: cfg.MetricsAddr},
-		HealthProbeBindAddress: cfg.HealthAddr,
-		LeaderElection:         cfg.LeaderElect,
-		LeaderElectionID:       "execgate-controller.execgate.io",
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		HealthProbeBindAddress:  cfg.HealthAddr,
+		LeaderElection:          cfg.LeaderElect,
+		LeaderElectionID:        LeaderElectionID,
+		LeaderElectionNamespace: cfg.LeaderElectNS,
+		// The process exits when the manager stops (cmd/execgate-controller), so
+		// handing the Lease back at once is safe: a standby leads within seconds
+		// instead of waiting out the lease.
+		LeaderElectionReleaseOnCancel: true,
 		// Every pod is cached (bindings look pods up); managed fields are dead weight.
 		Cache:         cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
 		WebhookServer: crwebhook.NewServer(crwebhook.Options{Port: cfg.WebhookPort, CertDir: cfg.WebhookCert}),

@@ -33,6 +33,7 @@ func main() {
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":8080", "address of the Prometheus metrics endpoint (0 disables)")
 	fs.StringVar(&cfg.HealthAddr, "health-addr", ":8081", "address of /healthz and /readyz")
 	fs.BoolVar(&cfg.LeaderElect, "leader-elect", false, "elect a leader to run the reconcilers (the webhook runs on every replica)")
+	fs.StringVar(&cfg.LeaderElectNS, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's own)")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; default in-cluster config or $KUBECONFIG")
 	_ = fs.Parse(os.Args[1:]) // ExitOnError
 

@@ -70,6 +70,9 @@ type Options struct {
 	GCInterval time.Duration
 	// PodStartDelay and SandboxDelay tune the kubelet simulators (0 = their defaults).
 	PodStartDelay, SandboxDelay time.Duration
+	// LeaderElection runs the controller with --leader-elect (the chart's default),
+	// its Lease in the chart's namespace; StartStandbyController adds a replica.
+	LeaderElection bool
 	// NodeNetworks runs each node's agent in a network namespace of its own,
 	// reached over a veth pair, so that Node.SetNetworkDown is a real partition.
 	NodeNetworks bool
@@ -587,7 +590,44 @@ func (e *Env) startController(ctx context.Context) error {
 		"--agent-endpoints=" + strings.Join(endpoints, ","),
 		"--metrics-addr=127.0.0.1:" + strconv.Itoa(ports[1]), "--health-addr=127.0.0.1:" + strconv.Itoa(ports[2]),
 	}
+	if e.opts.LeaderElection {
+		e.ctrlArgs = append(e.ctrlArgs, "--leader-elect", "--leader-election-namespace="+Namespace)
+	}
 	return e.StartController(ctx)
+}
+
+// StartStandbyController starts one more controller replica, as a second pod of
+// the chart's Deployment would run: same identity and flags, its own ports. Its
+// webhook serves from the start; it runs the reconcilers once it leads. The
+// caller stops it.
+func (e *Env) StartStandbyController(ctx context.Context) (*cluster.Process, error) {
+	if !e.opts.LeaderElection {
+		return nil, errors.New("a standby needs an Env started with LeaderElection")
+	}
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	var args []string
+	for _, a := range e.ctrlArgs {
+		switch {
+		case strings.HasPrefix(a, "--webhook-port="), strings.HasPrefix(a, "--metrics-addr="), strings.HasPrefix(a, "--health-addr="):
+		default:
+			args = append(args, a)
+		}
+	}
+	args = append(args, "--webhook-port="+strconv.Itoa(ports[0]),
+		"--metrics-addr=127.0.0.1:"+strconv.Itoa(ports[1]), "--health-addr=127.0.0.1:"+strconv.Itoa(ports[2]))
+	p, err := cluster.StartProcess("controller-standby-"+strconv.FormatInt(time.Now().UnixNano(), 36), e.bin("execgate-controller"), e.Dir, args)
+	if err != nil {
+		return nil, err
+	}
+	tlsClient := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // readiness probe of a local test server
+	if err := waitHTTP(ctx, p, "https://127.0.0.1:"+strconv.Itoa(ports[0])+"/healthz-of-webhook-port", tlsClient); err != nil {
+		_ = p.Stop()
+		return nil, err
+	}
+	return p, nil
 }
 
 // StartController starts the controller (again) and waits until its webhook serves.

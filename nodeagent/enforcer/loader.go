@@ -596,8 +596,13 @@ func EnsureBPFFS(dir string) error {
 	return nil
 }
 
-// Cleanup removes every pin execgate made in dir. Once no process holds the
-// link, the kernel detaches the program: enforcement stops.
+// cleanupWait bounds how long Cleanup waits for the kernel to free the link.
+const cleanupWait = 10 * time.Second
+
+// Cleanup removes every pin execgate made in dir and returns once the kernel
+// has freed the link, so the program is off the exec hook: enforcement has
+// stopped. The kernel frees an unpinned link from a workqueue, a moment later;
+// a link another process still holds is never freed, which is an error.
 func Cleanup(dir string) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -605,6 +610,15 @@ func Cleanup(dir string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("read pin directory: %w", err)
+	}
+	var links []link.ID
+	for _, name := range []string{linkPin, linkPinNext} {
+		if l, err := link.LoadPinnedLink(filepath.Join(dir, name), nil); err == nil {
+			if info, err := l.Info(); err == nil {
+				links = append(links, info.ID)
+			}
+			l.Close()
+		}
 	}
 	var errs []error
 	for _, ent := range entries {
@@ -614,6 +628,21 @@ func Cleanup(dir string) error {
 	}
 	if err := os.Remove(dir); err != nil {
 		errs = append(errs, err)
+	}
+	deadline := time.Now().Add(cleanupWait)
+	for _, id := range links {
+		for {
+			l, err := link.NewFromID(id)
+			if err != nil {
+				break // freed (ErrNotExist), or not ours to see any more
+			}
+			l.Close()
+			if time.Now().After(deadline) {
+				errs = append(errs, fmt.Errorf("link %d of the exec program is still attached %s after its pins were removed: another process holds it", id, cleanupWait))
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	return errors.Join(errs...)
 }

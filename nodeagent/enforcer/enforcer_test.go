@@ -202,3 +202,56 @@ func deniedAs(mode AttachMode, out string, err error) bool {
 	}
 	return errors.Is(err, syscall.EPERM)
 }
+
+// TestGateCrashFailsSafe kills the fanotify gate process: while it is gone the
+// exec_kill program still stops what it would have denied (by SIGKILL), and
+// the supervisor brings the gate back, with EPERM again.
+func TestGateCrashFailsSafe(t *testing.T) {
+	testenv.RequireBPF(t)
+	if err := GateAvailable(); err != nil {
+		testenv.Need(t, "EXECGATE_REQUIRE_BPF", err.Error())
+	}
+	e := newTestEnforcer(t, AttachFanotify)
+	cg := testenv.NewCgroup(t, "", "execgate-gate-crash")
+	pol := PolicyVersion{Key: "ns/crash", Version: 1, Mode: ModeProtect, Containers: map[string]Rules{
+		"app": {Paths: []string{"/usr/bin/true"}},
+	}}
+	if _, err := e.PutPolicy(pol); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Bind(cg.ID, "ns/crash", "app"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cg.Run("/usr/bin/id")
+	assertDenied(t, AttachFanotify, out, err)
+
+	e.gate.mu.Lock()
+	gate := e.gate.cmd.Process
+	e.gate.mu.Unlock()
+	if err := gate.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	var kills, eperms int
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		out, err := cg.Run("/usr/bin/id")
+		switch {
+		case deniedAs(AttachExecKill, out, err):
+			kills++
+		case deniedAs(AttachFanotify, out, err):
+			eperms++
+		default:
+			t.Fatalf("id with the gate down or restarting: out %q, err %v: neither denial", out, err)
+		}
+		if eperms > 0 {
+			break
+		}
+	}
+	if eperms == 0 {
+		t.Fatalf("no EPERM within 10s of the gate's death (%d denials by SIGKILL meanwhile)", kills)
+	}
+	if _, err := cg.Run("/usr/bin/true"); err != nil {
+		t.Fatalf("allowed binary after the gate's restart: %v", err)
+	}
+	t.Logf("gate killed: %d denials by SIGKILL meanwhile, EPERM again after %s", kills, time.Since(killed).Round(time.Millisecond))
+}

@@ -75,7 +75,6 @@ type gateSupervisor struct {
 	lifeline *os.File // write end: closing it tells the gate to exit
 	stopping bool
 	done     chan struct{}
-	starts   int
 	readers  sync.WaitGroup // readGate goroutines: done before Events closes
 }
 
@@ -153,7 +152,6 @@ func (g *gateSupervisor) start(ready chan<- error) error {
 	lifeR.Close()
 	g.mu.Lock()
 	g.cmd, g.lifeline = cmd, lifeW
-	g.starts++
 	g.mu.Unlock()
 	g.readers.Add(1)
 	go func() {
@@ -173,30 +171,30 @@ func (g *gateSupervisor) supervise() {
 		err := cmd.Wait()
 		g.mu.Lock()
 		g.lifeline.Close()
-		stopping := g.stopping
 		g.mu.Unlock()
-		if stopping {
+		if g.isStopping() {
 			return
 		}
 		g.e.log.Error("fanotify gate exited; exec_kill enforces until it is back (denials kill instead of EPERM)",
 			zap.Error(err), zap.Duration("restartIn", gateRestartDelay))
-		time.Sleep(gateRestartDelay)
-		g.mu.Lock()
-		stopping = g.stopping
-		g.mu.Unlock()
-		if stopping {
-			return
-		}
-		for g.start(nil) != nil {
+		for {
 			time.Sleep(gateRestartDelay)
-			g.mu.Lock()
-			stopping = g.stopping
-			g.mu.Unlock()
-			if stopping {
+			if g.isStopping() {
 				return
 			}
+			err := g.start(nil)
+			if err == nil {
+				break
+			}
+			g.e.log.Error("restart fanotify gate", zap.Error(err))
 		}
 	}
+}
+
+func (g *gateSupervisor) isStopping() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.stopping
 }
 
 // stop asks the gate to exit and waits; a gate that does not exit is killed.
@@ -212,7 +210,7 @@ func (g *gateSupervisor) stop() {
 	defer g.readers.Wait()
 	if g.e.gate != g { // never supervised: wait here
 		if cmd != nil {
-			waitOrKill(cmd, func() error { return cmd.Wait() })
+			waitOrKill(cmd)
 		}
 		return
 	}
@@ -226,9 +224,9 @@ func (g *gateSupervisor) stop() {
 	}
 }
 
-func waitOrKill(cmd *exec.Cmd, wait func() error) {
+func waitOrKill(cmd *exec.Cmd) {
 	done := make(chan struct{})
-	go func() { wait(); close(done) }()
+	go func() { _ = cmd.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):

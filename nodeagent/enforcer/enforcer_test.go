@@ -255,3 +255,52 @@ func TestGateCrashFailsSafe(t *testing.T) {
 	}
 	t.Logf("gate killed: %d denials by SIGKILL meanwhile, EPERM again after %s", kills, time.Since(killed).Round(time.Millisecond))
 }
+
+// TestGateHangIsBounded stops the gate process (SIGSTOP) as if it hung: an exec
+// waiting for it is let through by the kernel once the agent's watchdog kills
+// the silent gate, exec_kill denies it, and the restarted gate answers again.
+func TestGateHangIsBounded(t *testing.T) {
+	testenv.RequireBPF(t)
+	if err := GateAvailable(); err != nil {
+		testenv.Need(t, "EXECGATE_REQUIRE_BPF", err.Error())
+	}
+	e := newTestEnforcer(t, AttachFanotify)
+	cg := testenv.NewCgroup(t, "", "execgate-gate-hang")
+	pol := PolicyVersion{Key: "ns/hang", Version: 1, Mode: ModeProtect, Containers: map[string]Rules{
+		"app": {Paths: []string{"/usr/bin/true"}},
+	}}
+	if _, err := e.PutPolicy(pol); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Bind(cg.ID, "ns/hang", "app"); err != nil {
+		t.Fatal(err)
+	}
+	e.gate.mu.Lock()
+	gate := e.gate.cmd.Process
+	e.gate.mu.Unlock()
+	if err := gate.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	out, err := cg.Run("/usr/bin/id")
+	waited := time.Since(start)
+	assertDenied(t, AttachExecKill, out, err) // the kernel let it through, exec_kill killed it
+	if waited > gateHungAfter+2*gateHeartbeat+time.Second {
+		t.Fatalf("exec waited %s for a hung gate, want <= %s", waited, gateHungAfter+2*gateHeartbeat+time.Second)
+	}
+	waitFor := time.Now().Add(10 * time.Second)
+	for {
+		out, err := cg.Run("/usr/bin/id")
+		if deniedAs(AttachFanotify, out, err) {
+			break
+		}
+		if !deniedAs(AttachExecKill, out, err) {
+			t.Fatalf("id while the gate restarts: out %q, err %v: neither denial", out, err)
+		}
+		if time.Now().After(waitFor) {
+			t.Fatal("no EPERM within 10s of the watchdog's kill")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("exec behind a hung gate waited %s, then exec_kill denied it; the restarted gate answers with EPERM", waited.Round(time.Millisecond))
+}

@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -53,6 +54,7 @@ const (
 	gateEvent = 2 // payload: an event record, the ring buffer's format
 	gateLog   = 3 // payload: a message for the agent's log
 	gateFatal = 4 // payload: why the gate stops
+	gateAlive = 5 // no payload: the heartbeat, at least every gateHeartbeat
 
 	maxGateRecord = 1 << 16
 )
@@ -63,6 +65,15 @@ const gateReadyTimeout = 10 * time.Second
 // gateRestartDelay paces restarts of a gate that died; exec_kill enforces
 // meanwhile.
 const gateRestartDelay = time.Second
+
+// A permission event has no timeout in the kernel: a gate that hangs would
+// hang every exec of the node. The gate beats every gateHeartbeat; one silent
+// for gateHungAfter is killed (the kernel then lets its pending opens through,
+// exec_kill decides them) and restarted.
+const (
+	gateHeartbeat = time.Second
+	gateHungAfter = 5 * time.Second
+)
 
 // gateSupervisor runs the gate process and restarts it until stop.
 type gateSupervisor struct {
@@ -76,6 +87,7 @@ type gateSupervisor struct {
 	stopping bool
 	done     chan struct{}
 	readers  sync.WaitGroup // readGate goroutines: done before Events closes
+	lastSeen atomic.Int64   // unix nanoseconds of the gate's last record
 }
 
 // startGate starts the gate and waits until it has marked the filesystems.
@@ -105,6 +117,7 @@ func (e *Enforcer) startGate() error {
 	}
 	e.gate = g
 	go g.supervise()
+	go g.watchdog()
 	return nil
 }
 
@@ -153,12 +166,39 @@ func (g *gateSupervisor) start(ready chan<- error) error {
 	g.mu.Lock()
 	g.cmd, g.lifeline = cmd, lifeW
 	g.mu.Unlock()
+	g.lastSeen.Store(time.Now().UnixNano())
 	g.readers.Add(1)
 	go func() {
 		defer g.readers.Done()
-		g.e.readGate(recR, ready)
+		g.e.readGate(recR, ready, &g.lastSeen)
 	}()
 	return nil
+}
+
+// watchdog kills a gate that stopped beating, until done closes; supervise
+// then restarts it.
+func (g *gateSupervisor) watchdog() {
+	tick := time.NewTicker(gateHeartbeat)
+	defer tick.Stop()
+	for {
+		select {
+		case <-g.done:
+			return
+		case <-tick.C:
+		}
+		silent := time.Since(time.Unix(0, g.lastSeen.Load()))
+		if silent < gateHungAfter {
+			continue
+		}
+		g.mu.Lock()
+		cmd := g.cmd
+		g.mu.Unlock()
+		g.e.log.Error("fanotify gate silent: killing it (its pending execs go to exec_kill)", zap.Duration("silent", silent))
+		g.lastSeen.Store(time.Now().UnixNano()) // one kill per silence
+		if cmd != nil && cmd.Process != nil {
+			_ = cmd.Process.Kill()
+		}
+	}
 }
 
 // supervise restarts the gate when it dies, until stop.
@@ -236,7 +276,7 @@ func waitOrKill(cmd *exec.Cmd) {
 }
 
 // readGate turns the gate's records into log lines and events.
-func (e *Enforcer) readGate(r *os.File, ready chan<- error) {
+func (e *Enforcer) readGate(r *os.File, ready chan<- error, lastSeen *atomic.Int64) {
 	defer r.Close()
 	signal := func(err error) {
 		if ready != nil {
@@ -253,7 +293,9 @@ func (e *Enforcer) readGate(r *os.File, ready chan<- error) {
 			}
 			return
 		}
+		lastSeen.Store(time.Now().UnixNano())
 		switch kind {
+		case gateAlive:
 		case gateReady:
 			e.log.Info("fanotify gate ready", zap.String("marked", string(payload)))
 			signal(nil)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -171,13 +172,20 @@ func (g *gateProcess) serve() error {
 	if err := writeGateRecord(g.out, gateReady, []byte(g.markedSummary())); err != nil {
 		return nil // the agent is gone
 	}
+	beat := time.Now()
 	fds := []unix.PollFd{
 		{Fd: int32(g.fan), Events: unix.POLLIN},
 		{Fd: gateFDLifeline, Events: unix.POLLIN},
 		{Fd: int32(mi.Fd()), Events: unix.POLLPRI},
 	}
 	for {
-		if _, err := unix.Poll(fds, -1); err != nil {
+		if time.Since(beat) >= gateHeartbeat {
+			if err := writeGateRecord(g.out, gateAlive, nil); err != nil {
+				return nil // the agent is gone
+			}
+			beat = time.Now()
+		}
+		if _, err := unix.Poll(fds, int(gateHeartbeat/time.Millisecond)); err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/execgate/execgate/bpf"
 	"github.com/execgate/execgate/internal/testenv"
 	"github.com/execgate/execgate/internal/testpki"
 	"github.com/execgate/execgate/nodeagent/agentclient"
@@ -270,30 +274,7 @@ func TestBPFGRPC(t *testing.T) {
 	n := newTestNodeEnv(t, cgroups.DriverSystemd)
 	e := n.newEnforcer(t)
 	a := n.startAgent(t, e, nil)
-
-	dir := t.TempDir()
-	ca := testpki.NewCA(t, "execgate test CA")
-	caFile := ca.WriteFile(t, filepath.Join(dir, "ca.crt"))
-	srvCert, srvKey := ca.ServerCert(t).WriteFiles(t, dir, "server")
-	cliCert, cliKey := ca.ClientCert(t, "execgate-controller").WriteFiles(t, dir, "client")
-	srv, err := server.New(server.Config{NodeName: testNode, CertFile: srvCert, KeyFile: srvKey, ClientCAFile: caFile,
-		AllowedClientIdentities: []string{"execgate-controller"}}, a, zaptest.NewLogger(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, lis) }()
-	t.Cleanup(func() { cancel(); <-served })
-	client, err := agentclient.Dial(lis.Addr().String(), agentclient.Config{CertFile: cliCert, KeyFile: cliKey, CAFile: caFile, ServerName: "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := serveOverMTLS(t, a)
 
 	uid, cid := podUID(5), containerID(5)
 	_, ctr := n.mkPod(t, uid, cgroups.QoSBurstable, cid)
@@ -361,6 +342,150 @@ func TestBPFGRPC(t *testing.T) {
 	}
 	if r, err := client.RemovePod(rctx, &agentv1.RemovePodRequest{PodUid: uid}); err != nil || !r.Removed {
 		t.Fatalf("remove pod: %v %v", r, err)
+	}
+	assertNoEntries(t, e)
+}
+
+// serveOverMTLS serves a's gRPC API over mutual TLS on loopback, as the agent
+// binary does, and returns a client with the controller's identity.
+func serveOverMTLS(t *testing.T, a *runningAgent) *agentclient.Client {
+	t.Helper()
+	dir := t.TempDir()
+	ca := testpki.NewCA(t, "execgate test CA")
+	caFile := ca.WriteFile(t, filepath.Join(dir, "ca.crt"))
+	srvCert, srvKey := ca.ServerCert(t).WriteFiles(t, dir, "server")
+	cliCert, cliKey := ca.ClientCert(t, "execgate-controller").WriteFiles(t, dir, "client")
+	srv, err := server.New(server.Config{NodeName: testNode, CertFile: srvCert, KeyFile: srvKey, ClientCAFile: caFile,
+		AllowedClientIdentities: []string{"execgate-controller"}}, a, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() { cancel(); <-served })
+	client, err := agentclient.Dial(lis.Addr().String(), agentclient.Config{CertFile: cliCert, KeyFile: cliKey, CAFile: caFile, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return client
+}
+
+// TestBPFGRPCConcurrentAppliesAndRemoves: 1,000 applies and removes from 16
+// goroutines over mTLS into the real agent and kernel maps. Each pod's
+// operations are ordered (one goroutine owns it), pods race each other; the
+// end state must be exactly the pods whose last operation was an apply, the
+// policies they use, and maps whose kernel contents match what GetStatus says.
+func TestBPFGRPCConcurrentAppliesAndRemoves(t *testing.T) {
+	n := newTestNodeEnv(t, cgroups.DriverSystemd)
+	e := n.newEnforcer(t)
+	a := n.startAgent(t, e, nil)
+	client := serveOverMTLS(t, a)
+	const pods, opsPerPod, workers, policies = 100, 10, 16, 10
+	uids := make([]string, pods)
+	for i := range pods {
+		uids[i] = podUID(1000 + i)
+		if i%2 == 0 { // half the pods have their cgroup already: their applies bind
+			n.mkPodCgroup(t, uids[i], cgroups.QoSBurstable)
+		}
+	}
+	apply := func(ctx context.Context, i, op int) error {
+		_, err := client.ApplyPodPolicy(ctx, &agentv1.ApplyPodPolicyRequest{
+			Pod: &agentv1.Pod{Uid: uids[i], Namespace: "ns", Name: fmt.Sprintf("pod-%d", i), NodeName: testNode,
+				QosClass: agentv1.QOSClass_QOS_CLASS_BURSTABLE, Containers: []*agentv1.Container{{Name: "app"}}},
+			Policy: &agentv1.Policy{Uid: fmt.Sprintf("policy-uid-%d", i%policies), Namespace: "ns", Name: fmt.Sprintf("web-%d", i%policies),
+				Generation: 1, Mode: agentv1.Mode_MODE_PROTECT,
+				RulesByContainer: map[string]*agentv1.Rules{"app": {Executables: []string{"/usr/bin/true", fmt.Sprintf("/opt/web-%d/bin/app", i%policies)}}}},
+		})
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, pods*(opsPerPod+1))
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < pods; i += workers {
+				// Apply, remove, apply, ...: even pods end applied (one op more),
+				// odd ones removed. 50 x 11 + 50 x 10 = 1,050 operations.
+				ops := opsPerPod
+				if i%2 == 0 {
+					ops++
+				}
+				for op := range ops {
+					var err error
+					if op%2 == 0 {
+						err = apply(ctx, i, op)
+					} else {
+						_, err = client.RemovePod(ctx, &agentv1.RemovePodRequest{PodUid: uids[i]})
+					}
+					if err != nil {
+						errs <- fmt.Errorf("pod %d op %d: %w", i, op, err)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	st, err := client.GetStatus(ctx, &agentv1.GetStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotPods := map[string]bool{}
+	for _, p := range st.Pods {
+		gotPods[p.Uid] = true
+	}
+	wantPolicies := map[string]bool{}
+	for i := range pods {
+		if want := i%2 == 0; gotPods[uids[i]] != want {
+			t.Errorf("pod %d held=%v, want %v", i, gotPods[uids[i]], want)
+		}
+		if i%2 == 0 {
+			wantPolicies[fmt.Sprintf("web-%d", i%policies)] = true
+		}
+	}
+	if len(st.Pods) != pods/2 {
+		t.Errorf("agent holds %d pods, want %d", len(st.Pods), pods/2)
+	}
+	gotPolicies := map[string]bool{}
+	for _, p := range st.Policies {
+		gotPolicies[p.Name] = true
+	}
+	if !maps.Equal(gotPolicies, wantPolicies) {
+		t.Errorf("policies %v, want %v", gotPolicies, wantPolicies)
+	}
+	reported := map[string]uint64{}
+	for _, m := range st.Maps {
+		reported[m.Name] = m.Entries
+	}
+	for _, m := range []string{bpf.ExecgateMapBindings, bpf.ExecgateMapExactRules, bpf.ExecgateMapPrefixRules, bpf.ExecgateMapMntnsPins} {
+		kernel, err := e.CountEntries(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uint64(kernel) != reported[m] {
+			t.Errorf("map %s: kernel holds %d entries, GetStatus says %d", m, kernel, reported[m])
+		}
+	}
+	// The even pods have cgroups: one pod-level binding each.
+	if kernel, _ := e.CountEntries(bpf.ExecgateMapBindings); kernel != pods/2 {
+		t.Errorf("bindings: %d, want %d (one per applied pod with a cgroup)", kernel, pods/2)
+	}
+	for i := 0; i < pods; i += 2 {
+		if _, err := client.RemovePod(ctx, &agentv1.RemovePodRequest{PodUid: uids[i]}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	assertNoEntries(t, e)
 }

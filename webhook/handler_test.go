@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/execgate/execgate/api/v1alpha1"
@@ -230,9 +231,11 @@ func TestBindingHandler(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := counterValue(t, tc.want)
+			served := gatherServed(t)
 			start := time.Now()
 			resp := h.Handle(context.Background(), tc.req)
 			elapsed := time.Since(start)
+			assertServedMetrics(t, served, gatherServed(t), tc.want)
 			if !resp.Allowed {
 				t.Fatalf("not allowed: %+v", resp.Result)
 			}
@@ -299,5 +302,67 @@ func TestPodQOSClass(t *testing.T) {
 	t.Parallel()
 	if got := podQOSClass(&corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a"}}}}); got != corev1.PodQOSBestEffort {
 		t.Errorf("no resources: %s", got)
+	}
+}
+
+// gatherServed reads the controller's metrics as /metrics serves them (the
+// controller-runtime registry), by name and label: counters' values and
+// histograms' sample counts.
+func gatherServed(t *testing.T) map[string]float64 {
+	t.Helper()
+	families, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			key := f.GetName()
+			for _, l := range m.GetLabel() {
+				key += "{" + l.GetName() + "=" + l.GetValue() + "}"
+			}
+			switch {
+			case m.GetCounter() != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.GetHistogram() != nil:
+				out[key] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
+}
+
+// assertServedMetrics checks what one binding request adds to the served
+// metrics: one webhook latency sample; one push counted by its outcome and
+// timed when a push was attempted; nothing pushed otherwise.
+func assertServedMetrics(t *testing.T, before, after map[string]float64, outcome Outcome) {
+	t.Helper()
+	delta := func(key string) float64 { return after[key] - before[key] }
+	if d := delta("execgate_controller_webhook_duration_seconds{webhook=binding}"); d != 1 {
+		t.Errorf("webhook_duration_seconds{webhook=binding} gained %v samples, want 1", d)
+	}
+	pushes := 0.0
+	for key := range after {
+		if strings.HasPrefix(key, "execgate_controller_pushes_total{") {
+			pushes += delta(key)
+		}
+	}
+	timed := delta("execgate_controller_push_duration_seconds")
+	switch outcome {
+	case OutcomePushed, OutcomeNoop, OutcomeTimeout:
+		if d := delta("execgate_controller_pushes_total{outcome=" + string(outcome) + "}"); d != 1 || pushes != 1 {
+			t.Errorf("pushes_total{outcome=%s} grew by %v (all outcomes %v), want 1", outcome, d, pushes)
+		}
+		if timed != 1 {
+			t.Errorf("push_duration_seconds gained %v samples, want 1", timed)
+		}
+	case OutcomeNoAgent:
+		if d := delta("execgate_controller_pushes_total{outcome=no_agent}"); d != 1 || timed != 0 {
+			t.Errorf("no agent: pushes_total{no_agent} grew by %v, push_duration by %v; want 1 and 0", d, timed)
+		}
+	default:
+		if pushes != 0 || timed != 0 {
+			t.Errorf("outcome %s pushed: pushes_total grew by %v, push_duration by %v", outcome, pushes, timed)
+		}
 	}
 }

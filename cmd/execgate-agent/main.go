@@ -35,7 +35,7 @@ func main() {
 	flag.StringVar(&cfg.KubeletCgroupParent, "kubelet-cgroup-parent", "", "directory under the cgroup root holding the kubelet's kubepods tree")
 	flag.StringVar(&cfg.AttachMode, "attach-mode", "auto", "exec hook: auto, lsm, fmod_ret, fanotify or exec_kill")
 	flag.IntVar(&cfg.MaxPods, "max-pods", 256, "pods this node may enforce (sizes the kernel maps and the pending set)")
-	flag.IntVar(&cfg.MaxEntries, "max-entries", 65536, "exact allowlist entries across all policies")
+	flag.IntVar(&cfg.MaxEntries, "max-entries", enforcer.DefaultMaxExactEntries, "exact allowlist entries across all policies")
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for the backstop watch (empty = in-cluster, or no backstop)")
 	flag.DurationVar(&cfg.GCInterval, "gc-interval", 30*time.Second, "period of the sweep that drops dead cgroups and unused policies")
 	flag.DurationVar(&cfg.NodeStatusInterval, "node-status-interval", 30*time.Second, "shortest time between two ExecgateNode status writes that change only counters (pod and policy changes are written within seconds)")

@@ -85,12 +85,20 @@ type Config struct {
 	Logger          *zap.Logger
 }
 
-// Defaults for a node with up to 256 pods of 8 containers.
+// Defaults for a node with up to 256 pods of 8 containers. A hash map's
+// bucket array is allocated for max_entries up front (BPF_F_NO_PREALLOC only
+// defers the entries), so these are sizing decisions, not free headroom:
+//   - exact entries: 256 pods each with a policy of its own, 50 paths in 2
+//     slots (the container's and the pod's union), is 25,600, plus a second
+//     version during an update: 32,768 (512 KiB of buckets);
+//   - the event ring: ~2,000 typical events (~250 bytes), 128 of the largest
+//     (a PATH_MAX path and full argv); the agent drains it continuously and
+//     a full ring drops events, counted, never decisions.
 const (
 	DefaultMaxBindings      = 256 * 9
-	DefaultMaxExactEntries  = 65536
+	DefaultMaxExactEntries  = 32768
 	DefaultMaxPrefixEntries = 4096
-	DefaultRingBufferBytes  = 1 << 20
+	DefaultRingBufferBytes  = 512 << 10
 )
 
 // pinsPerBinding sizes mntns_pins. A pod's cgroups hold one pin each, and a

@@ -354,8 +354,23 @@ func dupFile(fd int, name string) (*os.File, error) {
 }
 
 // GateAvailable reports whether this kernel can run the fanotify gate:
-// permission events and the kfunc the gate program needs (6.2+).
+// permission events, and 6.8+, where execve opens its file before
+// bprm_execve() sets in_execve ("execve: open the executable file before
+// doing anything else"): before that the gate cannot tell the file execve
+// names from an interpreter, allows both, and only adds its cost.
 func GateAvailable() error {
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		return fmt.Errorf("uname: %w", err)
+	}
+	release := unix.ByteSliceToString(uts.Release[:])
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return fmt.Errorf("kernel release %q: %w", release, err)
+	}
+	if major < 6 || major == 6 && minor < 8 {
+		return fmt.Errorf("kernel %s: the fanotify gate needs 6.8+ (execve opens its file before setting in_execve)", release)
+	}
 	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC, unix.O_RDONLY)
 	if err != nil {
 		return fmt.Errorf("fanotify permission events (CONFIG_FANOTIFY_ACCESS_PERMISSIONS): %w", err)

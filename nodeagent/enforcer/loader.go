@@ -217,6 +217,11 @@ func New(cfg Config) (*Enforcer, error) {
 		e.closeFDs()
 		return nil, err
 	}
+	if e.attach == AttachFanotify && cfg.Attach == AttachFanotify {
+		if err := GateAvailable(); err != nil { // asked for explicitly: say what it costs
+			e.log.Warn("fanotify mode on a kernel the gate cannot serve: denials will be kills", zap.Error(err))
+		}
+	}
 	if e.attach == AttachFanotify {
 		if err := e.startGate(); err != nil {
 			if cfg.Attach != AttachAuto {

@@ -124,10 +124,9 @@ func (e *Enforcer) startGate() error {
 // start launches one gate process; ready (if not nil) receives nil once it
 // has marked the filesystems, or why it could not.
 func (g *gateSupervisor) start(ready chan<- error) error {
-	self, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("fanotify gate: find own executable: %w", err)
-	}
+	// The running image, even if its file was replaced or deleted since (an
+	// upgrade in place): a path could name another binary by now.
+	const self = "/proc/self/exe"
 	progFD, err := dupFile(g.prog.FD(), "gate-program")
 	if err != nil {
 		return err

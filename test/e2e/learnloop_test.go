@@ -1,19 +1,19 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"maps"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -340,44 +340,24 @@ func readMetric(ctx context.Context, url, name string, labels map[string]string)
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("parse %s: %w", url, err)
+	}
 	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) || strings.HasPrefix(line, "#") {
-			continue
-		}
-		rest := line[len(name):]
-		var set string
-		if strings.HasPrefix(rest, "{") {
-			end := strings.LastIndex(rest, "}")
-			if end < 0 {
-				return 0, fmt.Errorf("malformed sample %q", line)
-			}
-			set, rest = rest[1:end], rest[end+1:]
-		} else if !strings.HasPrefix(rest, " ") {
-			continue // another metric sharing the prefix
-		}
+	for _, m := range families[name].GetMetric() {
 		match := true
 		for k, v := range labels {
-			if !strings.Contains(","+set+",", ","+k+"="+strconv.Quote(v)+",") {
-				match = false
-				break
+			found := false
+			for _, l := range m.GetLabel() {
+				found = found || (l.GetName() == k && l.GetValue() == v)
 			}
+			match = match && found
 		}
-		if !match {
-			continue
+		if match {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue() + m.GetUntyped().GetValue()
 		}
-		fields := strings.Fields(rest)
-		if len(fields) == 0 {
-			return 0, fmt.Errorf("malformed sample %q", line)
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return 0, fmt.Errorf("sample %q: %w", line, err)
-		}
-		sum += v
 	}
-	return sum, sc.Err()
+	return sum, nil
 }

@@ -300,3 +300,25 @@ func TestGateHangIsBounded(t *testing.T) {
 	}
 	t.Logf("exec behind a hung gate waited %s, then exec_kill denied it; the restarted gate answers with EPERM", waited.Round(time.Millisecond))
 }
+
+// TestGateNeverWaitsForTheAgent: with the agent not reading (nothing drains
+// the queue), the gate's sends return at once and are counted as dropped: a
+// task waiting for the gate never waits for the agent.
+func TestGateNeverWaitsForTheAgent(t *testing.T) {
+	g := &gateProcess{records: make(chan []byte, 2)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 10 {
+			g.send(gateEvent, []byte("event"))
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("send blocked on a full queue")
+	}
+	if n := g.dropped.Load(); n != 8 {
+		t.Fatalf("dropped %d records, want 8 (2 queued)", n)
+	}
+}

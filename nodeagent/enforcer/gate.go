@@ -54,7 +54,7 @@ const (
 	gateEvent = 2 // payload: an event record, the ring buffer's format
 	gateLog   = 3 // payload: a message for the agent's log
 	gateFatal = 4 // payload: why the gate stops
-	gateAlive = 5 // no payload: the heartbeat, at least every gateHeartbeat
+	gateAlive = 5 // the heartbeat, at least every gateHeartbeat; payload: records dropped since the last (uint64), if any
 
 	maxGateRecord = 1 << 16
 )
@@ -295,6 +295,11 @@ func (e *Enforcer) readGate(r *os.File, ready chan<- error, lastSeen *atomic.Int
 		lastSeen.Store(time.Now().UnixNano())
 		switch kind {
 		case gateAlive:
+			if len(payload) == 8 {
+				n := binary.LittleEndian.Uint64(payload)
+				atomic.AddUint64(&e.userDrops, n)
+				e.log.Warn("fanotify gate dropped records the agent did not read in time", zap.Uint64("dropped", n))
+			}
 		case gateReady:
 			e.log.Info("fanotify gate ready", zap.String("marked", string(payload)))
 			signal(nil)
@@ -332,7 +337,14 @@ func readGateRecord(r io.Reader) (uint32, []byte, error) {
 	return kind, payload, nil
 }
 
+// writeGateRecord writes one record; only for the gate's last words (its
+// answers go through gateProcess.send, which never blocks).
 func writeGateRecord(w io.Writer, kind uint32, payload []byte) error {
+	_, err := w.Write(encodeGateRecord(kind, payload))
+	return err
+}
+
+func encodeGateRecord(kind uint32, payload []byte) []byte {
 	if len(payload) > maxGateRecord {
 		payload = payload[:maxGateRecord]
 	}
@@ -340,8 +352,7 @@ func writeGateRecord(w io.Writer, kind uint32, payload []byte) error {
 	binary.LittleEndian.PutUint32(buf[:4], kind)
 	binary.LittleEndian.PutUint32(buf[4:8], uint32(len(payload)))
 	copy(buf[8:], payload)
-	_, err := w.Write(buf) // one write of at most 64 KiB + 8: the parent reads it whole
-	return err
+	return buf
 }
 
 func dupFile(fd int, name string) (*os.File, error) {

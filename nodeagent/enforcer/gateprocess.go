@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -68,6 +69,9 @@ type gateProcess struct {
 	iter     int // iterator link of execgate_gate over this process's files
 	question *ebpf.Map
 	out      *os.File
+	records  chan []byte   // to the agent, written by sendRecords; never waited for
+	sent     chan struct{} // closed when sendRecords returns
+	dropped  atomic.Uint64 // records dropped because the agent did not read them
 	view     mountView
 	marked   map[uint64]string // st_dev -> the mount point it was marked through
 	events   []byte            // a batch of fanotify events, answered one by one
@@ -82,8 +86,12 @@ func runGateProcess() int {
 		_ = writeGateRecord(out, gateFatal, []byte(err.Error()))
 		return 1
 	}
-	if err := g.serve(); err != nil {
-		_ = writeGateRecord(out, gateFatal, []byte(err.Error()))
+	err = g.serve()
+	if err != nil {
+		g.send(gateFatal, []byte(err.Error()))
+	}
+	g.finish()
+	if err != nil {
 		return 1
 	}
 	return 0
@@ -98,8 +106,10 @@ func newGateProcess(out *os.File) (*gateProcess, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gate question map: %w", err)
 	}
-	g := &gateProcess{question: question, out: out, view: chooseMountView(), marked: map[uint64]string{},
+	g := &gateProcess{question: question, out: out, records: make(chan []byte, gateRecordQueue), sent: make(chan struct{}),
+		view: chooseMountView(), marked: map[uint64]string{},
 		events: make([]byte, gateBufSize), answer: make([]byte, gateBufSize)}
+	go g.sendRecords()
 	// The iterator walks the files of this process's main thread, which
 	// shares the fd table every thread reads fanotify events into.
 	if g.iter, err = attachTaskFileIter(prog.FD(), os.Getpid()); err != nil {
@@ -114,6 +124,41 @@ func newGateProcess(out *os.File) (*gateProcess, error) {
 		return nil, err
 	}
 	return g, nil
+}
+
+// gateRecordQueue bounds the records waiting for the agent to read them.
+const gateRecordQueue = 1024
+
+// send queues a record for the agent. The gate must never wait for the agent
+// while a task waits for the gate: a full queue (an agent that stopped reading)
+// drops the record, counted and reported with the next heartbeat.
+func (g *gateProcess) send(kind uint32, payload []byte) {
+	select {
+	case g.records <- encodeGateRecord(kind, payload):
+	default:
+		g.dropped.Add(1)
+	}
+}
+
+// sendRecords writes queued records to the agent, until the pipe breaks or
+// finish closes the queue.
+func (g *gateProcess) sendRecords() {
+	defer close(g.sent)
+	for rec := range g.records {
+		if _, err := g.out.Write(rec); err != nil {
+			return // the agent is gone; the lifeline ends the gate
+		}
+	}
+}
+
+// finish hands the agent what is queued, for a second at most. The main
+// loop, the only sender, has stopped.
+func (g *gateProcess) finish() {
+	close(g.records)
+	select {
+	case <-g.sent:
+	case <-time.After(time.Second):
+	}
 }
 
 // markFilesystems marks every filesystem of the node's mount table not
@@ -147,7 +192,7 @@ func (g *gateProcess) markFilesystems() error {
 		g.marked[st.Dev] = m.MountPoint
 	}
 	if len(failed) > 0 {
-		_ = writeGateRecord(g.out, gateLog, []byte("not marked, exec_kill alone covers them: "+strings.Join(failed, "; ")))
+		g.send(gateLog, []byte("not marked, exec_kill alone covers them: "+strings.Join(failed, "; ")))
 	}
 	return nil
 }
@@ -169,9 +214,7 @@ func (g *gateProcess) serve() error {
 		return fmt.Errorf("watch mounts: %w", err)
 	}
 	defer mi.Close()
-	if err := writeGateRecord(g.out, gateReady, []byte(g.markedSummary())); err != nil {
-		return nil // the agent is gone
-	}
+	g.send(gateReady, []byte(g.markedSummary()))
 	beat := time.Now()
 	fds := []unix.PollFd{
 		{Fd: int32(g.fan), Events: unix.POLLIN},
@@ -180,9 +223,11 @@ func (g *gateProcess) serve() error {
 	}
 	for {
 		if time.Since(beat) >= gateHeartbeat {
-			if err := writeGateRecord(g.out, gateAlive, nil); err != nil {
-				return nil // the agent is gone
+			var dropped []byte
+			if n := g.dropped.Swap(0); n > 0 {
+				dropped = binary.LittleEndian.AppendUint64(nil, n)
 			}
+			g.send(gateAlive, dropped)
 			beat = time.Now()
 		}
 		if _, err := unix.Poll(fds, int(gateHeartbeat/time.Millisecond)); err != nil {
@@ -201,7 +246,7 @@ func (g *gateProcess) serve() error {
 		}
 		if fds[2].Revents&(unix.POLLPRI|unix.POLLERR) != 0 {
 			if err := g.markFilesystems(); err != nil {
-				_ = writeGateRecord(g.out, gateLog, []byte(err.Error()))
+				g.send(gateLog, []byte(err.Error()))
 			}
 		}
 	}
@@ -230,7 +275,7 @@ func (g *gateProcess) answerEvents() error {
 				if meta.Mask&unix.FAN_OPEN_EXEC_PERM != 0 {
 					resp := unix.FanotifyResponse{Fd: meta.Fd, Response: g.decide(int(meta.Fd), meta.Pid)}
 					if _, err := unix.Write(g.fan, unsafe.Slice((*byte)(unsafe.Pointer(&resp)), unsafe.Sizeof(resp))); err != nil {
-						_ = writeGateRecord(g.out, gateLog, []byte(fmt.Sprintf("answer pid %d: %v", meta.Pid, err)))
+						g.send(gateLog, []byte(fmt.Sprintf("answer pid %d: %v", meta.Pid, err)))
 					}
 				}
 				unix.Close(int(meta.Fd))
@@ -246,14 +291,14 @@ func (g *gateProcess) answerEvents() error {
 func (g *gateProcess) decide(fd int, pid int32) uint32 {
 	verdict, record, argv, err := g.ask(fd, pid)
 	if err != nil {
-		_ = writeGateRecord(g.out, gateLog, []byte(fmt.Sprintf("pid %d: %v (allowed; exec_kill decides)", pid, err)))
+		g.send(gateLog, []byte(fmt.Sprintf("pid %d: %v (allowed; exec_kill decides)", pid, err)))
 		return unix.FAN_ALLOW
 	}
 	if verdict != -eperm {
 		return unix.FAN_ALLOW
 	}
 	if record != nil {
-		_ = writeGateRecord(g.out, gateEvent, withArgv(record, pid, argv))
+		g.send(gateEvent, withArgv(record, pid, argv))
 	}
 	return unix.FAN_DENY
 }

@@ -203,27 +203,9 @@ func deniedAs(mode AttachMode, out string, err error) bool {
 // exec_kill program still stops what it would have denied (by SIGKILL), and
 // the supervisor brings the gate back, with EPERM again.
 func TestGateCrashFailsSafe(t *testing.T) {
-	testenv.RequireBPF(t)
-	if err := GateAvailable(); err != nil {
-		testenv.Need(t, "EXECGATE_REQUIRE_BPF", err.Error())
-	}
-	e := newTestEnforcer(t, AttachFanotify)
-	cg := testenv.NewCgroup(t, "", "execgate-gate-crash")
-	pol := PolicyVersion{Key: "ns/crash", Version: 1, Mode: ModeProtect, Containers: map[string]Rules{
-		"app": {Paths: []string{"/usr/bin/true"}},
-	}}
-	if _, err := e.PutPolicy(pol); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Bind(cg.ID, "ns/crash", "app"); err != nil {
-		t.Fatal(err)
-	}
+	cg, gate := gateProtected(t)
 	out, err := cg.Run("/usr/bin/id")
 	assertDenied(t, AttachFanotify, out, err)
-
-	e.gate.mu.Lock()
-	gate := e.gate.cmd.Process
-	e.gate.mu.Unlock()
 	if err := gate.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -256,24 +238,7 @@ func TestGateCrashFailsSafe(t *testing.T) {
 // waiting for it is let through by the kernel once the agent's watchdog kills
 // the silent gate, exec_kill denies it, and the restarted gate answers again.
 func TestGateHangIsBounded(t *testing.T) {
-	testenv.RequireBPF(t)
-	if err := GateAvailable(); err != nil {
-		testenv.Need(t, "EXECGATE_REQUIRE_BPF", err.Error())
-	}
-	e := newTestEnforcer(t, AttachFanotify)
-	cg := testenv.NewCgroup(t, "", "execgate-gate-hang")
-	pol := PolicyVersion{Key: "ns/hang", Version: 1, Mode: ModeProtect, Containers: map[string]Rules{
-		"app": {Paths: []string{"/usr/bin/true"}},
-	}}
-	if _, err := e.PutPolicy(pol); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Bind(cg.ID, "ns/hang", "app"); err != nil {
-		t.Fatal(err)
-	}
-	e.gate.mu.Lock()
-	gate := e.gate.cmd.Process
-	e.gate.mu.Unlock()
+	cg, gate := gateProtected(t)
 	if err := gate.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -321,4 +286,18 @@ func TestGateNeverWaitsForTheAgent(t *testing.T) {
 	if n := g.dropped.Load(); n != 8 {
 		t.Fatalf("dropped %d records, want 8 (2 queued)", n)
 	}
+}
+
+// gateProtected is a fanotify-mode enforcer with a cgroup in Protect mode that
+// may run /usr/bin/true, and the gate's process.
+func gateProtected(t *testing.T) (*testenv.Cgroup, *os.Process) {
+	t.Helper()
+	testenv.RequireBPF(t)
+	if err := GateAvailable(); err != nil {
+		testenv.Need(t, "EXECGATE_REQUIRE_BPF", err.Error())
+	}
+	e, cg := protected(t, AttachFanotify, ModeProtect, "/usr/bin/true")
+	e.gate.mu.Lock()
+	defer e.gate.mu.Unlock()
+	return cg, e.gate.cmd.Process
 }

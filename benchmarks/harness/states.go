@@ -101,7 +101,7 @@ func (g *gateHooks) attach() error {
 	if err != nil {
 		return fmt.Errorf("start enforcer (fanotify): %w", err)
 	}
-	prog, err := takeOverProgramKeepPin(g.dir)
+	prog, err := pinnedProgram(g.dir, false) // stays attached
 	if err != nil {
 		e.Close()
 		return err
@@ -138,7 +138,11 @@ func (g *gateHooks) programs() []*ebpf.Program {
 
 // takeOverProgram unpins the link of a closed enforcer's pin directory,
 // which takes the program off the hook, and returns the program.
-func takeOverProgram(dir string) (*ebpf.Program, error) {
+func takeOverProgram(dir string) (*ebpf.Program, error) { return pinnedProgram(dir, true) }
+
+// pinnedProgram returns the program of dir's pinned link; unpin also removes
+// the link's pin (its program leaves the hook once no one holds the link).
+func pinnedProgram(dir string, unpin bool) (*ebpf.Program, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read pins: %w", err)
@@ -153,7 +157,7 @@ func takeOverProgram(dir string) (*ebpf.Program, error) {
 		if err == nil && prog == nil {
 			prog, err = ebpf.NewProgramFromID(info.Program)
 		}
-		if err == nil {
+		if err == nil && unpin {
 			err = l.Unpin()
 		}
 		l.Close()
@@ -168,21 +172,6 @@ func takeOverProgram(dir string) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("no pinned link in %s", dir)
 	}
 	return prog, nil
-}
-
-// takeOverProgramKeepPin returns the program of dir's pinned link, leaving it
-// attached.
-func takeOverProgramKeepPin(dir string) (*ebpf.Program, error) {
-	l, err := link.LoadPinnedLink(filepath.Join(dir, "link"), nil)
-	if err != nil {
-		return nil, fmt.Errorf("open pinned link: %w", err)
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		return nil, fmt.Errorf("pinned link info: %w", err)
-	}
-	return ebpf.NewProgramFromID(info.Program)
 }
 
 // pinnedCounters reads execgate's per-CPU counters from the pinned map.

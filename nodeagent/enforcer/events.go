@@ -167,8 +167,8 @@ func (e *Enforcer) readEvents() {
 }
 
 // deliver hands an event to Events without ever blocking the kernel's or
-// the gate's reader. Close stops the gate's readers before the ring buffer's, which closes
-// Events.
+// the gate's reader. Close stops the gate's readers before the ring
+// buffer's reader, which closes Events.
 func (e *Enforcer) deliver(raw RawEvent) {
 	select {
 	case e.events <- e.enrich(raw):

@@ -33,7 +33,7 @@ const (
 	AttachFmodRet  AttachMode = "fmod_ret"  // BPF trampoline (5.7+, BTF, no boot flag): EPERM
 	AttachExecKill AttachMode = "exec_kill" // tp_btf/sched_process_exec (5.5+, no trampoline): SIGKILL
 	// AttachFanotify is exec_kill plus the fanotify gate (gate.go): EPERM
-	// without trampolines (6.2+, CONFIG_FANOTIFY_ACCESS_PERMISSIONS).
+	// without trampolines (6.8+, CONFIG_FANOTIFY_ACCESS_PERMISSIONS).
 	AttachFanotify AttachMode = "fanotify"
 )
 

@@ -27,7 +27,8 @@
  *
  * Helpers and their kernels: bpf_probe_read_kernel(_str) 5.5,
  * bpf_ringbuf_output 5.8, bpf_ktime_get_boot_ns 5.8, bpf_get_current_task_btf
- * 5.11 and bpf_task_pt_regs 5.15 (argv only, gated by have_task_pt_regs).
+ * 5.11 and bpf_task_pt_regs 5.15 (argv only, both gated by have_task_pt_regs:
+ * the verifier never sees a call on the branch a frozen false skips).
  * Cgroup ancestors are read with CO-RE (cgroup->ancestors[] 6.1+,
  * ancestor_ids[] before), not bpf_get_current_ancestor_cgroup_id: tracing
  * and LSM programs may call that helper only from 5.18.
@@ -81,9 +82,8 @@ enum path_flags {
 	ARGV_MISSING = 1 << 5,   /* kernel older than 5.15 or not a plain execve */
 	FOREIGN_MNTNS = 1 << 6,  /* not the mount namespace pinned for the cgroup */
 	KILLED = 1 << 7,         /* exec_kill mode: denied by SIGKILL, not EPERM */
-	SCRATCH_REUSED = 1 << 8, /* preempted by another exec on this CPU mid-decision */
 	/* Any of these: the file has no name we can trust, never allowed. */
-	PATH_UNTRUSTED = PATH_DETACHED | PATH_DELETED | PATH_TOO_DEEP | PATH_TOO_LONG | FOREIGN_MNTNS | SCRATCH_REUSED,
+	PATH_UNTRUSTED = PATH_DETACHED | PATH_DELETED | PATH_TOO_DEEP | PATH_TOO_LONG | FOREIGN_MNTNS,
 };
 
 enum binding_flags {
@@ -133,6 +133,7 @@ enum stat {
 	STAT_DENIED,
 	STAT_DROPPED,    /* events lost because the ring buffer was full */
 	STAT_UNTRUSTED,  /* executables without a trustworthy path */
+	STAT_SCRATCH_BUSY, /* every scratch slot of the CPU in use: decided closed, no event */
 	STAT_MAX,
 };
 
@@ -170,7 +171,7 @@ struct scratch {
 	struct prefix_key pk; /* LPM lookup key: too big for the stack */
 	struct event ev;
 	__u32 gate_len; /* bytes of ev the gate returns (0: no event) */
-	__u32 gen;      /* bumped by each decision that starts on this CPU */
+	__u32 claim;    /* decisions holding or trying this slot: see claim_scratch */
 };
 
 /* Where the deciding program stands, which says where argv comes from. */
@@ -263,16 +264,22 @@ struct {
 } stats SEC(".maps");
 
 /*
- * Fixed per-CPU working memory; never per policy. exec_kill runs with
- * preemption off, but lsm and fmod_ret programs only with migration off: an
- * exec on the same CPU may preempt one mid-decision and reuse this memory.
- * scratch.gen tells, and the preempted decision fails closed.
+ * Fixed per-CPU working memory; never per policy. Trampoline programs (lsm,
+ * fmod_ret) and, on kernels with preemptible tracepoints, tp_btf run with
+ * migration off but preemption on (CONFIG_PREEMPT, CONFIG_PREEMPT_LAZY): an
+ * exec on the same CPU may preempt a decision anywhere, so a decision owns a
+ * slot from its first byte of path to its return (claim_scratch). When every
+ * slot of the CPU is held (that many decisions preempted inside the program
+ * at once) the exec is decided closed and counted (STAT_SCRATCH_BUSY).
+ * Memory: SCRATCH_SLOTS x sizeof(struct scratch) (~10 KB) per possible CPU.
  */
+#define SCRATCH_SLOTS 4
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct scratch);
-	__uint(max_entries, 1);
+	__uint(max_entries, SCRATCH_SLOTS);
 } scratch SEC(".maps");
 
 /* The gate's own working memory: it asks one question at a time. */
@@ -322,8 +329,40 @@ static __always_inline void count(enum stat s)
 	__u32 zero = 0;
 	struct counters *st = bpf_map_lookup_elem(&stats, &zero);
 
+	/* atomic add (BPF_XADD, 5.10+, result unused): a preempting exec on
+	 * this CPU may count between our load and store */
 	if (st && s < STAT_MAX)
-		st->count[s]++;
+		__sync_fetch_and_add(&st->count[s], 1);
+}
+
+/*
+ * claim_scratch returns a slot of this CPU's scratch that no other decision
+ * holds, or NULL when all are held. Only an atomic add whose result is
+ * unused (BPF_XADD: 5.10 has no fetching atomics) and a plain load: each
+ * decision between its add and its give-back counts one in claim, so a
+ * decision that reads 1 right after its own add is alone in the slot until
+ * it gives it back. Two contenders may both read 2 and both move on: that
+ * costs a slot, never exclusivity.
+ */
+static __always_inline struct scratch *claim_scratch(void)
+{
+	struct scratch *s;
+
+	for (__u32 i = 0; i < SCRATCH_SLOTS; i++) {
+		s = bpf_map_lookup_elem(&scratch, &i);
+		if (!s)
+			return NULL;
+		__sync_fetch_and_add(&s->claim, 1);
+		if (*(volatile __u32 *)&s->claim == 1)
+			return s;
+		__sync_fetch_and_add(&s->claim, -1);
+	}
+	return NULL;
+}
+
+static __always_inline void release_scratch(struct scratch *s)
+{
+	__sync_fetch_and_add(&s->claim, -1);
 }
 
 #define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
@@ -513,11 +552,14 @@ static __always_inline const char *const *syscall_argv(struct task_struct *task)
 
 static __always_inline void read_argv_syscall(struct event *ev, __u32 start)
 {
-	const char *const *argv = syscall_argv(bpf_get_current_task_btf());
+	const char *const *argv = NULL;
 	const char *arg;
-	__u32 off = 0;
+	__u32 off = 0, at;
 	int n;
 
+	/* before the helper call: bpf_get_current_task_btf is 5.11+ */
+	if (have_task_pt_regs)
+		argv = syscall_argv(bpf_get_current_task_btf());
 	if (!argv) {
 		ev->flags |= ARGV_MISSING;
 		return;
@@ -529,8 +571,18 @@ static __always_inline void read_argv_syscall(struct event *ev, __u32 start)
 			ev->flags |= ARGV_TRUNCATED;
 			break;
 		}
-		n = bpf_probe_read_user_str(&ev->data[(start & (PATH_LEN - 1)) + (off & (ARGV_LEN - 1))],
-					    ARGV_LEN, arg);
+		/*
+		 * One unsigned 32-bit index, checked against the buffer right
+		 * before use: a sum of two masked values is what clang may
+		 * rewrite into 64-bit arithmetic whose bounds the verifier of
+		 * lsm/fmod_ret programs on 6.1+ loses ("unbounded memory
+		 * access"). The barrier keeps clang from folding the check.
+		 */
+		at = (start & (PATH_LEN - 1)) + off;
+		asm volatile("" : "+r"(at));
+		if (at > sizeof(ev->data) - ARGV_LEN)
+			break;
+		n = bpf_probe_read_user_str(&ev->data[at], ARGV_LEN, arg);
 		if (n <= 0)
 			break;
 		off += n;
@@ -649,8 +701,9 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 	struct siphash_key *key;
 	struct event *ev;
 	struct exact_key ek = {};
-	__u32 zero = 0, len, start = 0, gen;
+	__u32 zero = 0, len, start = 0;
 	bool allowed = false, denied;
+	enum action action;
 	__u16 flags = 0;
 
 	found = find_binding(cg, &bound_id);
@@ -660,10 +713,11 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 	leaf_id = BPF_CORE_READ(cg, kn, id);
 
 	key = bpf_map_lookup_elem(&config, &zero);
-	if (!s || !key)
-		return bind.mode == MODE_PROTECT ? -EPERM : 0;
+	if (!s || !key) { /* no working memory: Protect and unknown modes fail closed */
+		count(STAT_SCRATCH_BUSY);
+		return bind.mode != MODE_LEARN && bind.mode != MODE_MONITOR ? -EPERM : 0;
+	}
 	ev = &s->ev;
-	gen = ++s->gen;
 
 	len = resolve_path(s, file, BPF_CORE_READ(task, nsproxy, mnt_ns, root), &flags, &start);
 	if (foreign_mntns(leaf_id, bound_id, BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum)))
@@ -674,10 +728,6 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 		allowed = bpf_map_lookup_elem(&exact_rules, &ek) != NULL;
 		if (!allowed && (bind.flags & BINDING_HAS_PREFIX))
 			allowed = prefix_allowed(s, bind.slot, start, len);
-	}
-	if (s->gen != gen) { /* another decision used s meanwhile: its path, not ours */
-		flags |= SCRATCH_REUSED;
-		allowed = false;
 	}
 	/* Protect, and any mode we do not know: fail closed. */
 	denied = !allowed && bind.mode != MODE_LEARN && bind.mode != MODE_MONITOR;
@@ -701,32 +751,36 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 	ev->argc = argc;
 	switch (bind.mode) {
 	case MODE_LEARN:
-		ev->action = ACTION_LEARNED;
+		action = ACTION_LEARNED;
 		count(STAT_LEARNED);
 		break;
 	case MODE_MONITOR:
-		ev->action = ACTION_REPORTED;
+		action = ACTION_REPORTED;
 		count(STAT_REPORTED);
 		break;
 	default: /* Protect, and any mode we do not know: fail closed */
-		ev->action = ACTION_DENIED;
+		action = ACTION_DENIED;
 		count(STAT_DENIED);
 		break;
 	}
-	if (how == HOW_COMMITTED && ev->action == ACTION_DENIED)
+	ev->action = action;
+	if (how == HOW_COMMITTED && action == ACTION_DENIED)
 		ev->flags |= KILLED;
 	emit(s, task, len, how);
-	return ev->action == ACTION_DENIED ? -EPERM : 0;
+	return action == ACTION_DENIED ? -EPERM : 0;
 }
 
 static __always_inline int decide_current(struct linux_binprm *bprm, enum how how)
 {
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct scratch *s = claim_scratch();
+	int ret;
 
-	/* decide() fails closed on a NULL s, which a one-entry array never gives */
-	return decide(s, task, BPF_CORE_READ(bprm, file), BPF_CORE_READ(bprm, argc), how);
+	/* decide() fails closed, and counts, on a NULL s */
+	ret = decide(s, task, BPF_CORE_READ(bprm, file), BPF_CORE_READ(bprm, argc), how);
+	if (s)
+		release_scratch(s);
+	return ret;
 }
 
 SEC("lsm/bprm_creds_for_exec")

@@ -37,7 +37,7 @@ const (
 
 type ExecgateCounters struct {
 	_     structs.HostLayout
-	Count [7]uint64
+	Count [8]uint64
 }
 
 type ExecgateEvent struct {
@@ -108,8 +108,7 @@ const (
 	ExecgatePathFlagsARGV_MISSING   ExecgatePathFlags = 32
 	ExecgatePathFlagsFOREIGN_MNTNS  ExecgatePathFlags = 64
 	ExecgatePathFlagsKILLED         ExecgatePathFlags = 128
-	ExecgatePathFlagsSCRATCH_REUSED ExecgatePathFlags = 256
-	ExecgatePathFlagsPATH_UNTRUSTED ExecgatePathFlags = 335
+	ExecgatePathFlagsPATH_UNTRUSTED ExecgatePathFlags = 79
 )
 
 type ExecgatePrefixKey struct {
@@ -126,7 +125,7 @@ type ExecgateScratch struct {
 	_       [4]byte
 	Ev      ExecgateEvent
 	GateLen uint32
-	Gen     uint32
+	Claim   uint32
 }
 
 type ExecgateSiphashKey struct {
@@ -138,14 +137,15 @@ type ExecgateSiphashKey struct {
 type ExecgateStat uint32
 
 const (
-	ExecgateStatSTAT_CHECKED   ExecgateStat = 0
-	ExecgateStatSTAT_ALLOWED   ExecgateStat = 1
-	ExecgateStatSTAT_LEARNED   ExecgateStat = 2
-	ExecgateStatSTAT_REPORTED  ExecgateStat = 3
-	ExecgateStatSTAT_DENIED    ExecgateStat = 4
-	ExecgateStatSTAT_DROPPED   ExecgateStat = 5
-	ExecgateStatSTAT_UNTRUSTED ExecgateStat = 6
-	ExecgateStatSTAT_MAX       ExecgateStat = 7
+	ExecgateStatSTAT_CHECKED      ExecgateStat = 0
+	ExecgateStatSTAT_ALLOWED      ExecgateStat = 1
+	ExecgateStatSTAT_LEARNED      ExecgateStat = 2
+	ExecgateStatSTAT_REPORTED     ExecgateStat = 3
+	ExecgateStatSTAT_DENIED       ExecgateStat = 4
+	ExecgateStatSTAT_DROPPED      ExecgateStat = 5
+	ExecgateStatSTAT_UNTRUSTED    ExecgateStat = 6
+	ExecgateStatSTAT_SCRATCH_BUSY ExecgateStat = 7
+	ExecgateStatSTAT_MAX          ExecgateStat = 8
 )
 
 // Names of all BPF objects in the ELF.

@@ -51,9 +51,6 @@ const (
 	// one seen executing in its cgroup (the container's). Untrusted.
 	FlagForeignMountNS = EventFlags(bpf.ExecgatePathFlagsFOREIGN_MNTNS)
 	FlagKilled         = EventFlags(bpf.ExecgatePathFlagsKILLED) // denied by SIGKILL (exec_kill mode)
-	// FlagScratchReused: an exec on the same CPU preempted the decision and
-	// reused its working memory (lsm, fmod_ret): decided as untrusted.
-	FlagScratchReused = EventFlags(bpf.ExecgatePathFlagsSCRATCH_REUSED)
 	// FlagUntrusted: the file had no trustworthy name, so it was never allowed.
 	FlagUntrusted = EventFlags(bpf.ExecgatePathFlagsPATH_UNTRUSTED)
 )
@@ -65,7 +62,7 @@ func (f EventFlags) String() string {
 		s string
 	}{{FlagDetached, "detached"}, {FlagDeleted, "deleted"}, {FlagTooDeep, "too-deep"}, {FlagTooLong, "too-long"},
 		{FlagArgvTruncated, "argv-truncated"}, {FlagArgvMissing, "argv-missing"},
-		{FlagForeignMountNS, "foreign-mntns"}, {FlagKilled, "killed"}, {FlagScratchReused, "scratch-reused"}} {
+		{FlagForeignMountNS, "foreign-mntns"}, {FlagKilled, "killed"}} {
 		if f&n.f != 0 {
 			names = append(names, n.s)
 		}

@@ -27,7 +27,8 @@ type Stats struct {
 	Bindings   int
 	Maps       []MapStats
 	// Counters are the program's own: checked, allowed, learned, reported,
-	// denied, dropped (ring buffer full), untrusted (no trustworthy path).
+	// denied, dropped (ring buffer full), untrusted (no trustworthy path),
+	// scratch-busy (decided closed for want of working memory).
 	Counters  map[string]uint64
 	UserDrops uint64 // decoded events the consumer was too slow for
 }
@@ -40,6 +41,9 @@ var counterNames = [...]string{
 	bpf.ExecgateStatSTAT_DENIED:    "denied",
 	bpf.ExecgateStatSTAT_DROPPED:   "dropped",
 	bpf.ExecgateStatSTAT_UNTRUSTED: "untrusted",
+	// every scratch slot of a CPU held by preempted decisions: decided
+	// closed without an event (see SCRATCH_SLOTS in the program)
+	bpf.ExecgateStatSTAT_SCRATCH_BUSY: "scratch-busy",
 }
 
 // Stats reads map sizes and the program's counters.

@@ -51,6 +51,18 @@ type NodePolicy struct {
 	Mode Mode `json:"mode,omitempty"`
 }
 
+// AttachRefusal says why a node's kernel refused an attach mode.
+type AttachRefusal struct {
+	// Mode is the attach mode refused.
+	// +required
+	Mode AttachMode `json:"mode"`
+
+	// Reason is one line saying why.
+	// +required
+	// +kubebuilder:validation:MaxLength=512
+	Reason string `json:"reason"`
+}
+
 // ExecgateNodeStatus is what one node's agent enforces, as the agent last reported it.
 // The agent rewrites it only when it changes: soon after a pod or policy change, and at
 // most once per --node-status-interval for the counters.
@@ -58,6 +70,14 @@ type ExecgateNodeStatus struct {
 	// AttachMode is how the exec hook is attached on this node.
 	// +optional
 	AttachMode AttachMode `json:"attachMode,omitempty"`
+
+	// AttachRefusals lists, best first, the attach modes better than AttachMode that the
+	// node's kernel refused, each with the reason (the verifier's error line, or what the
+	// kernel lacks, such as "bpf" in the boot-time LSM list).
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=4
+	AttachRefusals []AttachRefusal `json:"attachRefusals,omitempty"`
 
 	// Kernel is the node's kernel release (uname -r).
 	// +optional

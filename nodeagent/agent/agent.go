@@ -564,6 +564,9 @@ func (a *Agent) Status(ctx context.Context) (*agentv1.AgentStatus, error) {
 		KernelVersion: a.kernel,
 		EventsDropped: st.Counters["dropped"] + st.UserDrops + a.subs.dropped.Load(),
 	}
+	for _, r := range a.enf.AttachRefusals() {
+		out.AttachRefusals = append(out.AttachRefusals, &agentv1.AttachRefusal{Mode: string(r.Mode), Reason: r.Reason})
+	}
 	for _, lp := range a.enf.Policies() {
 		loaded[lp.Key] = lp
 		ns, name, _ := strings.Cut(string(lp.Key), "/")

@@ -2,11 +2,13 @@ package agent
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/execgate/execgate/nodeagent/enforcer"
 	agentv1 "github.com/execgate/execgate/proto/execgate/agent/v1"
 )
 
@@ -78,7 +80,10 @@ var (
 	descMapEntries = prometheus.NewDesc("execgate_agent_map_entries", "Entries execgate wrote in each BPF map.", []string{"map"}, nil)
 	descMapBytes   = prometheus.NewDesc("execgate_agent_map_bytes", "Kernel memory charged to each BPF map.", []string{"map"}, nil)
 	descDecisions  = prometheus.NewDesc("execgate_agent_decisions_total", "Exec decisions of the kernel program, by action.", []string{"action"}, nil)
-	descDropped    = prometheus.NewDesc("execgate_agent_events_dropped_total",
+	descAttach     = prometheus.NewDesc("execgate_agent_attach_mode",
+		"1 for the attach mode the exec hook uses, 0 for the others; refused=\"true\" marks a better mode the kernel refused.",
+		[]string{"mode", "refused"}, nil)
+	descDropped = prometheus.NewDesc("execgate_agent_events_dropped_total",
 		"Exec events lost, by stage: ring_buffer (kernel ring buffer full), reader (the agent read too slowly), subscriber (a WatchEvents client read too slowly; counted once per client).",
 		[]string{"stage"}, nil)
 )
@@ -87,13 +92,24 @@ var (
 type stateCollector struct{ a *Agent }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPods, descPolicies, descMapEntries, descMapBytes, descDecisions, descDropped} {
+	for _, d := range []*prometheus.Desc{descPods, descPolicies, descMapEntries, descMapBytes, descDecisions, descDropped, descAttach} {
 		ch <- d
 	}
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	pods, policies := c.a.counts()
+	refused := map[enforcer.AttachMode]bool{}
+	for _, r := range c.a.enf.AttachRefusals() {
+		refused[r.Mode] = true
+	}
+	for _, m := range []enforcer.AttachMode{enforcer.AttachLSM, enforcer.AttachFmodRet, enforcer.AttachFanotify, enforcer.AttachExecKill} {
+		v := 0.0
+		if c.a.enf.AttachMode() == m {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descAttach, prometheus.GaugeValue, v, string(m), strconv.FormatBool(refused[m]))
+	}
 	ch <- prometheus.MustNewConstMetric(descPods, prometheus.GaugeValue, float64(pods))
 	ch <- prometheus.MustNewConstMetric(descPolicies, prometheus.GaugeValue, float64(policies))
 	st, err := c.a.enf.Stats()
@@ -107,7 +123,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descMapBytes, prometheus.GaugeValue, float64(m.Bytes), m.Name)
 	}
-	for _, action := range []string{"checked", "allowed", "learned", "reported", "denied", "untrusted"} {
+	for _, action := range []string{"checked", "allowed", "learned", "reported", "denied", "untrusted", "scratch-busy"} {
 		ch <- prometheus.MustNewConstMetric(descDecisions, prometheus.CounterValue, float64(st.Counters[action]), action)
 	}
 	for stage, n := range map[string]uint64{"ring_buffer": st.Counters["dropped"], "reader": st.UserDrops, "subscriber": c.a.subs.dropped.Load()} {

@@ -304,6 +304,14 @@ func withoutNodeOwners(refs []metav1.OwnerReference) []metav1.OwnerReference {
 	return kept
 }
 
+func knownAttachMode(m v1alpha1.AttachMode) bool {
+	switch m {
+	case v1alpha1.AttachLSM, v1alpha1.AttachFmodRet, v1alpha1.AttachFanotify, v1alpha1.AttachExecKill:
+		return true
+	}
+	return false
+}
+
 // nodeStatusFromAgent turns the agent's status into an ExecgateNode status, without
 // LastUpdated.
 func nodeStatusFromAgent(st *agentv1.AgentStatus, bpfLSMActive bool, agentVersion string) v1alpha1.ExecgateNodeStatus {
@@ -313,9 +321,13 @@ func nodeStatusFromAgent(st *agentv1.AgentStatus, bpfLSMActive bool, agentVersio
 		AgentVersion:  truncate(agentVersion, 128),
 		EventsDropped: clampInt64(st.GetEventsDropped()),
 	}
-	switch m := v1alpha1.AttachMode(st.GetAttachMode()); m {
-	case v1alpha1.AttachLSM, v1alpha1.AttachFmodRet, v1alpha1.AttachFanotify, v1alpha1.AttachExecKill:
+	if m := v1alpha1.AttachMode(st.GetAttachMode()); knownAttachMode(m) {
 		out.AttachMode = m
+	}
+	for _, r := range st.GetAttachRefusals() {
+		if m := v1alpha1.AttachMode(r.GetMode()); knownAttachMode(m) && len(out.AttachRefusals) < 4 {
+			out.AttachRefusals = append(out.AttachRefusals, v1alpha1.AttachRefusal{Mode: m, Reason: truncate(r.GetReason(), 512)})
+		}
 	}
 	for _, p := range st.GetPods() {
 		switch p.GetState() {

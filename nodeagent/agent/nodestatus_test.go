@@ -85,6 +85,15 @@ func TestNodeStatusFromAgent(t *testing.T) {
 				t.Errorf("first listed %s, want the sorted first p0001", s.Policies[0].Name)
 			}
 		}},
+		{"refused attach modes", &agentv1.AgentStatus{AttachMode: "fmod_ret", AttachRefusals: []*agentv1.AttachRefusal{
+			{Mode: "lsm", Reason: `"bpf" is not in the kernel's active LSM list`}, {Mode: "bogus", Reason: "x"},
+			{Mode: "fanotify", Reason: strings.Repeat("r", 600)}}},
+			func(t *testing.T, s v1alpha1.ExecgateNodeStatus) {
+				if len(s.AttachRefusals) != 2 || s.AttachRefusals[0].Mode != v1alpha1.AttachLSM ||
+					!strings.Contains(s.AttachRefusals[0].Reason, "LSM list") || len(s.AttachRefusals[1].Reason) != 512 {
+					t.Errorf("refusals %+v: want lsm with its reason, the unknown mode dropped, fanotify's reason cut to 512", s.AttachRefusals)
+				}
+			}},
 		{"unknown attach mode and huge counters", &agentv1.AgentStatus{AttachMode: "auto", EventsDropped: 1 << 63, KernelVersion: strings.Repeat("k", 100)},
 			func(t *testing.T, s v1alpha1.ExecgateNodeStatus) {
 				if s.AttachMode != "" || s.EventsDropped != 1<<63-1 || len(s.Kernel) != 64 {

@@ -25,25 +25,56 @@ func forEachAttachMode(t *testing.T, fn func(t *testing.T, mode AttachMode)) {
 	for _, mode := range attachModes {
 		t.Run(string(mode), func(t *testing.T) {
 			testenv.RequireBPF(t)
-			requireAttachMode(t, mode)
+			if !requireAttachMode(t, mode) {
+				return
+			}
 			fn(t, mode)
 		})
 	}
 }
 
-// requireAttachMode skips a trampoline mode the kernel refuses, saying why,
-// unless EXECGATE_REQUIRE_TRAMPOLINES=1 demands it. exec_kill and fanotify
-// need no trampolines and are required under EXECGATE_REQUIRE_BPF.
-func requireAttachMode(t *testing.T, mode AttachMode) {
+// expectedModes is EXECGATE_EXPECT_MODES, the attach modes a kernel matrix
+// row (test/kernels/matrix) must load; nil outside the matrix.
+func expectedModes() map[AttachMode]bool {
+	v := os.Getenv("EXECGATE_EXPECT_MODES")
+	if v == "" {
+		return nil
+	}
+	out := map[AttachMode]bool{}
+	for _, m := range strings.Split(v, ",") {
+		out[AttachMode(strings.TrimSpace(m))] = true
+	}
+	return out
+}
+
+// requireAttachMode says whether a test runs in mode. In a kernel matrix row
+// the row's modes must load (a refusal fails the test) and every other mode
+// must be refused (checked, then the test has nothing to run). Elsewhere it
+// skips a trampoline mode the kernel refuses, saying why, unless
+// EXECGATE_REQUIRE_TRAMPOLINES=1 demands it; exec_kill and fanotify need no
+// trampolines and are required under EXECGATE_REQUIRE_BPF.
+func requireAttachMode(t *testing.T, mode AttachMode) bool {
 	t.Helper()
+	if want := expectedModes(); want != nil {
+		if want[mode] {
+			return true
+		}
+		err := tryAttachMode(t, mode)
+		if err == nil {
+			t.Fatalf("%s loaded on a kernel whose matrix row (%s) expects it refused: update test/kernels/matrix",
+				mode, os.Getenv("EXECGATE_KERNEL_ROW"))
+		}
+		t.Logf("%s refused, as the matrix row expects: %s", mode, refusalReason(err))
+		return false
+	}
 	switch mode {
 	case AttachExecKill:
-		return
+		return true
 	case AttachFanotify: // no trampolines needed: required wherever BPF is
 		if err := GateAvailable(); err != nil {
 			testenv.Need(t, "EXECGATE_REQUIRE_BPF", err.Error())
 		}
-		return
+		return true
 	}
 	if mode == AttachLSM {
 		if ok, _ := BPFLSMActive(); !ok {
@@ -53,6 +84,22 @@ func requireAttachMode(t *testing.T, mode AttachMode) {
 	if err := TrampolinesAvailable(); err != nil {
 		testenv.Need(t, "EXECGATE_REQUIRE_TRAMPOLINES", fmt.Sprintf("a kernel that loads trampoline programs (%v)", err))
 	}
+	return true
+}
+
+// tryAttachMode loads the program in mode alone, in a fresh pin directory,
+// and removes it again: nil when the kernel takes it.
+func tryAttachMode(t *testing.T, mode AttachMode) error {
+	t.Helper()
+	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("execgate-try-%s-%d", mode, time.Now().UnixNano()))
+	e, err := New(Config{PinDir: dir, Attach: mode, Logger: zaptest.NewLogger(t)})
+	if err == nil {
+		e.Close()
+	}
+	if cerr := Cleanup(dir); cerr != nil {
+		t.Errorf("cleanup %s: %v", dir, cerr)
+	}
+	return err
 }
 
 // assertDenied checks how a Protect denial looked to the caller.

@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -156,6 +157,8 @@ type Enforcer struct {
 	log    *zap.Logger
 	attach AttachMode
 	argv   bool
+	// refused lists the better modes the kernel refused, best first.
+	refused []AttachRefusal
 
 	coll     *ebpf.Collection
 	bindings *ebpf.Map
@@ -229,7 +232,7 @@ func New(cfg Config) (*Enforcer, error) {
 				return nil, err
 			}
 			// exec_kill's link is already in place: only EPERM is lost.
-			e.log.Warn("fanotify gate refused; denials kill instead of returning EPERM", zap.Error(err))
+			e.refuse(AttachFanotify, err, AttachExecKill)
 			e.attach = AttachExecKill
 		}
 	}
@@ -242,6 +245,59 @@ func New(cfg Config) (*Enforcer, error) {
 // AttachMode reports the attach mode in use.
 func (e *Enforcer) AttachMode() AttachMode { return e.attach }
 
+// AttachRefusal says why the kernel refused an attach mode better than the
+// one in use.
+type AttachRefusal struct {
+	Mode   AttachMode
+	Reason string // one line: the verifier's error, or what the kernel lacks
+}
+
+// AttachRefusals lists, best first, the modes tried and refused before the
+// one in use (none when the best mode loaded or the program was adopted).
+func (e *Enforcer) AttachRefusals() []AttachRefusal {
+	return append([]AttachRefusal(nil), e.refused...)
+}
+
+// refuse records and logs, once, why mode was not used.
+func (e *Enforcer) refuse(mode AttachMode, err error, next AttachMode) {
+	r := AttachRefusal{Mode: mode, Reason: refusalReason(err)}
+	e.refused = append(e.refused, r)
+	e.log.Warn("attach mode refused by this kernel", zap.String("mode", string(mode)),
+		zap.String("reason", r.Reason), zap.String("next", string(next)))
+	e.log.Debug("attach mode refused: full error", zap.String("mode", string(mode)), zap.Error(err))
+}
+
+// refusalReason is the line of err that says why: for a verifier
+// rejection the line the verifier stopped at, not its instruction trace or
+// statistics (an earlier line may be informational, like 5.10's
+// "arg#0 type is not a struct" for every BPF_PROG).
+func refusalReason(err error) string {
+	var verr *ebpf.VerifierError
+	if !errors.As(err, &verr) {
+		msg, _, _ := strings.Cut(err.Error(), "\n")
+		// load() raised the limit already: the hint would mislead
+		return strings.Replace(msg, " (MEMLOCK may be too low, consider rlimit.RemoveMemlock)", "", 1)
+	}
+	for i := len(verr.Log) - 1; i >= 0; i-- {
+		line := strings.TrimSpace(verr.Log[i])
+		if line == "" || verifierStatsLine(line) {
+			continue
+		}
+		return "verifier: " + line
+	}
+	msg, _, _ := strings.Cut(verr.Error(), "\n")
+	return msg
+}
+
+func verifierStatsLine(line string) bool {
+	for _, p := range []string{"processed ", "verification time", "stack depth", "max_states_per_insn", "peak_states", "mark_read"} {
+		if strings.HasPrefix(line, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // Adopted reports whether state was taken over from a previous process.
 func (e *Enforcer) Adopted() bool { return e.adopted }
 
@@ -251,39 +307,58 @@ func (e *Enforcer) load() error {
 			return err
 		}
 	}
+	// Before 5.11 the kernel charges BPF maps to RLIMIT_MEMLOCK (64 KiB
+	// by default): without this every map create fails with EPERM there.
+	// A no-op on kernels that account maps to the memory cgroup.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
+	}
 	e.argv = kernelHasTaskPtRegs()
 	var errs []error
-	for _, mode := range candidateModes(e.cfg.Attach) {
+	modes := candidateModes(e.cfg.Attach)
+	for i, mode := range modes {
 		err := e.loadMode(mode)
 		if err == nil {
 			e.attach = mode
-			if len(errs) > 0 {
-				e.log.Warn("attach modes refused by this kernel", zap.Errors("refused", errs), zap.String("using", string(mode)))
-			}
 			return nil
 		}
 		e.closeFDs()
 		e.coll, e.lnk, e.slotInfo, e.grace, e.graceIn = nil, nil, nil, nil, nil
 		errs = append(errs, fmt.Errorf("%s: %w", mode, err))
+		if i+1 < len(modes) {
+			e.refuse(mode, err, modes[i+1])
+		}
 	}
 	return fmt.Errorf("load exec program: %w", errors.Join(errs...))
 }
 
-// candidateModes lists what to try, best first. LSM is only worth trying
-// when "bpf" is an active LSM; a kernel may still refuse trampolines.
+// candidateModes lists what to try, best first: every mode, so that each
+// refusal is tried, logged and reported with its reason.
 func candidateModes(m AttachMode) []AttachMode {
 	if m != AttachAuto {
 		return []AttachMode{m}
 	}
-	var out []AttachMode
-	if ok, _ := BPFLSMActive(); ok {
-		out = append(out, AttachLSM)
+	return []AttachMode{AttachLSM, AttachFmodRet, AttachFanotify, AttachExecKill}
+}
+
+// modeAvailable says what the kernel lacks for mode before anything is
+// loaded: the BPF LSM needs "bpf" in the boot-time LSM list, the fanotify
+// gate needs 6.8+ (see GateAvailable).
+func modeAvailable(mode AttachMode) error {
+	switch mode {
+	case AttachLSM:
+		list, err := activeLSMs()
+		if err != nil {
+			return err
+		}
+		if lsmListHasBPF(list) {
+			return nil
+		}
+		return fmt.Errorf(`"bpf" is not in the kernel's active LSM list (%s): boot with lsm=%s,bpf to use it`, list, list)
+	case AttachFanotify:
+		return GateAvailable()
 	}
-	out = append(out, AttachFmodRet)
-	if GateAvailable() == nil {
-		out = append(out, AttachFanotify)
-	}
-	return append(out, AttachExecKill)
+	return nil
 }
 
 // programFor is the program each mode attaches; fanotify also loads
@@ -296,6 +371,9 @@ var programFor = map[AttachMode]string{
 }
 
 func (e *Enforcer) loadMode(mode AttachMode) error {
+	if err := modeAvailable(mode); err != nil {
+		return err
+	}
 	spec, err := bpf.LoadExecgate()
 	if err != nil {
 		return fmt.Errorf("load program spec: %w", err)
@@ -539,23 +617,36 @@ func sameProgram(l link.Link, prog *ebpf.Program) bool {
 // BPFLSMActive reports whether "bpf" is in the running kernel's LSM list,
 // mounting securityfs if nothing did yet.
 func BPFLSMActive() (bool, error) {
+	list, err := activeLSMs()
+	if err != nil {
+		return false, err
+	}
+	return lsmListHasBPF(list), nil
+}
+
+func lsmListHasBPF(list string) bool {
+	for _, name := range strings.Split(list, ",") {
+		if name == "bpf" {
+			return true
+		}
+	}
+	return false
+}
+
+// activeLSMs is the kernel's comma-separated list of active LSMs.
+func activeLSMs() (string, error) {
 	const lsmFile = "/sys/kernel/security/lsm"
 	b, err := os.ReadFile(lsmFile)
 	if errors.Is(err, os.ErrNotExist) {
 		if merr := unix.Mount("securityfs", "/sys/kernel/security", "securityfs", 0, ""); merr != nil {
-			return false, fmt.Errorf("mount securityfs: %w", merr)
+			return "", fmt.Errorf("mount securityfs: %w", merr)
 		}
 		b, err = os.ReadFile(lsmFile)
 	}
 	if err != nil {
-		return false, fmt.Errorf("read LSM list: %w", err)
+		return "", fmt.Errorf("read LSM list: %w", err)
 	}
-	for _, name := range strings.Split(strings.TrimSpace(string(b)), ",") {
-		if name == "bpf" {
-			return true, nil
-		}
-	}
-	return false, nil
+	return strings.TrimSpace(string(b)), nil
 }
 
 // kernelHasTaskPtRegs: bpf_task_pt_regs (5.15) lets the program read argv

@@ -1166,8 +1166,10 @@ type AgentStatus struct {
 	Maps          []*MapStatus    `protobuf:"bytes,6,rep,name=maps,proto3" json:"maps,omitempty"`
 	// Events lost since the agent started (ring buffer full or slow watchers).
 	EventsDropped uint64 `protobuf:"varint,7,opt,name=events_dropped,json=eventsDropped,proto3" json:"events_dropped,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The attach modes better than attach_mode that the kernel refused, best first.
+	AttachRefusals []*AttachRefusal `protobuf:"bytes,20,rep,name=attach_refusals,json=attachRefusals,proto3" json:"attach_refusals,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AgentStatus) Reset() {
@@ -1249,6 +1251,67 @@ func (x *AgentStatus) GetEventsDropped() uint64 {
 	return 0
 }
 
+func (x *AgentStatus) GetAttachRefusals() []*AttachRefusal {
+	if x != nil {
+		return x.AttachRefusals
+	}
+	return nil
+}
+
+// AttachRefusal says why the kernel refused an attach mode.
+type AttachRefusal struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Mode  string                 `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`
+	// One line: the verifier's error, or what the kernel lacks.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachRefusal) Reset() {
+	*x = AttachRefusal{}
+	mi := &file_execgate_agent_v1_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachRefusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachRefusal) ProtoMessage() {}
+
+func (x *AttachRefusal) ProtoReflect() protoreflect.Message {
+	mi := &file_execgate_agent_v1_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachRefusal.ProtoReflect.Descriptor instead.
+func (*AttachRefusal) Descriptor() ([]byte, []int) {
+	return file_execgate_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *AttachRefusal) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *AttachRefusal) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // EventFilter selects events; empty fields match everything.
 type EventFilter struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -1265,7 +1328,7 @@ type EventFilter struct {
 
 func (x *EventFilter) Reset() {
 	*x = EventFilter{}
-	mi := &file_execgate_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_execgate_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1340,7 @@ func (x *EventFilter) String() string {
 func (*EventFilter) ProtoMessage() {}
 
 func (x *EventFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_execgate_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_execgate_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1353,7 @@ func (x *EventFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventFilter.ProtoReflect.Descriptor instead.
 func (*EventFilter) Descriptor() ([]byte, []int) {
-	return file_execgate_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_execgate_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *EventFilter) GetNamespace() string {
@@ -1337,7 +1400,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_execgate_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_execgate_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1412,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_execgate_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_execgate_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1425,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_execgate_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_execgate_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchEventsRequest) GetFilter() *EventFilter {
@@ -1402,7 +1465,7 @@ type ExecEvent struct {
 
 func (x *ExecEvent) Reset() {
 	*x = ExecEvent{}
-	mi := &file_execgate_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_execgate_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1414,7 +1477,7 @@ func (x *ExecEvent) String() string {
 func (*ExecEvent) ProtoMessage() {}
 
 func (x *ExecEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_execgate_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_execgate_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1427,7 +1490,7 @@ func (x *ExecEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecEvent.ProtoReflect.Descriptor instead.
 func (*ExecEvent) Descriptor() ([]byte, []int) {
-	return file_execgate_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_execgate_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExecEvent) GetTime() *timestamppb.Timestamp {
@@ -1630,7 +1693,7 @@ const file_execgate_agent_v1_agent_proto_rawDesc = "" +
 	"\aentries\x18\x02 \x01(\x04R\aentries\x12\x1f\n" +
 	"\vmax_entries\x18\x03 \x01(\x04R\n" +
 	"maxEntries\x12\x14\n" +
-	"\x05bytes\x18\x04 \x01(\x04R\x05bytes\"\xba\x02\n" +
+	"\x05bytes\x18\x04 \x01(\x04R\x05bytes\"\x85\x03\n" +
 	"\vAgentStatus\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1f\n" +
 	"\vattach_mode\x18\x02 \x01(\tR\n" +
@@ -1639,7 +1702,11 @@ const file_execgate_agent_v1_agent_proto_rawDesc = "" +
 	"\x04pods\x18\x04 \x03(\v2\x1c.execgate.agent.v1.PodStatusR\x04pods\x12;\n" +
 	"\bpolicies\x18\x05 \x03(\v2\x1f.execgate.agent.v1.PolicyStatusR\bpolicies\x120\n" +
 	"\x04maps\x18\x06 \x03(\v2\x1c.execgate.agent.v1.MapStatusR\x04maps\x12%\n" +
-	"\x0eevents_dropped\x18\a \x01(\x04R\reventsDropped\"\xa8\x01\n" +
+	"\x0eevents_dropped\x18\a \x01(\x04R\reventsDropped\x12I\n" +
+	"\x0fattach_refusals\x18\x14 \x03(\v2 .execgate.agent.v1.AttachRefusalR\x0eattachRefusals\";\n" +
+	"\rAttachRefusal\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xa8\x01\n" +
 	"\vEventFilter\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x02 \x01(\tR\x03pod\x12\x1c\n" +
@@ -1709,7 +1776,7 @@ func file_execgate_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_execgate_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_execgate_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_execgate_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_execgate_agent_v1_agent_proto_goTypes = []any{
 	(Mode)(0),                      // 0: execgate.agent.v1.Mode
 	(QOSClass)(0),                  // 1: execgate.agent.v1.QOSClass
@@ -1730,47 +1797,49 @@ var file_execgate_agent_v1_agent_proto_goTypes = []any{
 	(*PolicyStatus)(nil),           // 16: execgate.agent.v1.PolicyStatus
 	(*MapStatus)(nil),              // 17: execgate.agent.v1.MapStatus
 	(*AgentStatus)(nil),            // 18: execgate.agent.v1.AgentStatus
-	(*EventFilter)(nil),            // 19: execgate.agent.v1.EventFilter
-	(*WatchEventsRequest)(nil),     // 20: execgate.agent.v1.WatchEventsRequest
-	(*ExecEvent)(nil),              // 21: execgate.agent.v1.ExecEvent
-	nil,                            // 22: execgate.agent.v1.Policy.RulesByContainerEntry
-	(*timestamppb.Timestamp)(nil),  // 23: google.protobuf.Timestamp
+	(*AttachRefusal)(nil),          // 19: execgate.agent.v1.AttachRefusal
+	(*EventFilter)(nil),            // 20: execgate.agent.v1.EventFilter
+	(*WatchEventsRequest)(nil),     // 21: execgate.agent.v1.WatchEventsRequest
+	(*ExecEvent)(nil),              // 22: execgate.agent.v1.ExecEvent
+	nil,                            // 23: execgate.agent.v1.Policy.RulesByContainerEntry
+	(*timestamppb.Timestamp)(nil),  // 24: google.protobuf.Timestamp
 }
 var file_execgate_agent_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: execgate.agent.v1.Pod.qos_class:type_name -> execgate.agent.v1.QOSClass
 	4,  // 1: execgate.agent.v1.Pod.containers:type_name -> execgate.agent.v1.Container
 	0,  // 2: execgate.agent.v1.Policy.mode:type_name -> execgate.agent.v1.Mode
-	22, // 3: execgate.agent.v1.Policy.rules_by_container:type_name -> execgate.agent.v1.Policy.RulesByContainerEntry
+	23, // 3: execgate.agent.v1.Policy.rules_by_container:type_name -> execgate.agent.v1.Policy.RulesByContainerEntry
 	5,  // 4: execgate.agent.v1.ApplyPodPolicyRequest.pod:type_name -> execgate.agent.v1.Pod
 	7,  // 5: execgate.agent.v1.ApplyPodPolicyRequest.policy:type_name -> execgate.agent.v1.Policy
 	0,  // 6: execgate.agent.v1.PodStatus.mode:type_name -> execgate.agent.v1.Mode
 	2,  // 7: execgate.agent.v1.PodStatus.state:type_name -> execgate.agent.v1.PodState
-	23, // 8: execgate.agent.v1.PodStatus.applied_at:type_name -> google.protobuf.Timestamp
+	24, // 8: execgate.agent.v1.PodStatus.applied_at:type_name -> google.protobuf.Timestamp
 	0,  // 9: execgate.agent.v1.PolicyStatus.mode:type_name -> execgate.agent.v1.Mode
 	15, // 10: execgate.agent.v1.AgentStatus.pods:type_name -> execgate.agent.v1.PodStatus
 	16, // 11: execgate.agent.v1.AgentStatus.policies:type_name -> execgate.agent.v1.PolicyStatus
 	17, // 12: execgate.agent.v1.AgentStatus.maps:type_name -> execgate.agent.v1.MapStatus
-	3,  // 13: execgate.agent.v1.EventFilter.actions:type_name -> execgate.agent.v1.Action
-	19, // 14: execgate.agent.v1.WatchEventsRequest.filter:type_name -> execgate.agent.v1.EventFilter
-	23, // 15: execgate.agent.v1.ExecEvent.time:type_name -> google.protobuf.Timestamp
-	0,  // 16: execgate.agent.v1.ExecEvent.mode:type_name -> execgate.agent.v1.Mode
-	3,  // 17: execgate.agent.v1.ExecEvent.action:type_name -> execgate.agent.v1.Action
-	6,  // 18: execgate.agent.v1.Policy.RulesByContainerEntry.value:type_name -> execgate.agent.v1.Rules
-	8,  // 19: execgate.agent.v1.AgentService.ApplyPodPolicy:input_type -> execgate.agent.v1.ApplyPodPolicyRequest
-	10, // 20: execgate.agent.v1.AgentService.RemovePod:input_type -> execgate.agent.v1.RemovePodRequest
-	12, // 21: execgate.agent.v1.AgentService.RemovePolicy:input_type -> execgate.agent.v1.RemovePolicyRequest
-	14, // 22: execgate.agent.v1.AgentService.GetStatus:input_type -> execgate.agent.v1.GetStatusRequest
-	20, // 23: execgate.agent.v1.AgentService.WatchEvents:input_type -> execgate.agent.v1.WatchEventsRequest
-	9,  // 24: execgate.agent.v1.AgentService.ApplyPodPolicy:output_type -> execgate.agent.v1.ApplyPodPolicyResponse
-	11, // 25: execgate.agent.v1.AgentService.RemovePod:output_type -> execgate.agent.v1.RemovePodResponse
-	13, // 26: execgate.agent.v1.AgentService.RemovePolicy:output_type -> execgate.agent.v1.RemovePolicyResponse
-	18, // 27: execgate.agent.v1.AgentService.GetStatus:output_type -> execgate.agent.v1.AgentStatus
-	21, // 28: execgate.agent.v1.AgentService.WatchEvents:output_type -> execgate.agent.v1.ExecEvent
-	24, // [24:29] is the sub-list for method output_type
-	19, // [19:24] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	19, // 13: execgate.agent.v1.AgentStatus.attach_refusals:type_name -> execgate.agent.v1.AttachRefusal
+	3,  // 14: execgate.agent.v1.EventFilter.actions:type_name -> execgate.agent.v1.Action
+	20, // 15: execgate.agent.v1.WatchEventsRequest.filter:type_name -> execgate.agent.v1.EventFilter
+	24, // 16: execgate.agent.v1.ExecEvent.time:type_name -> google.protobuf.Timestamp
+	0,  // 17: execgate.agent.v1.ExecEvent.mode:type_name -> execgate.agent.v1.Mode
+	3,  // 18: execgate.agent.v1.ExecEvent.action:type_name -> execgate.agent.v1.Action
+	6,  // 19: execgate.agent.v1.Policy.RulesByContainerEntry.value:type_name -> execgate.agent.v1.Rules
+	8,  // 20: execgate.agent.v1.AgentService.ApplyPodPolicy:input_type -> execgate.agent.v1.ApplyPodPolicyRequest
+	10, // 21: execgate.agent.v1.AgentService.RemovePod:input_type -> execgate.agent.v1.RemovePodRequest
+	12, // 22: execgate.agent.v1.AgentService.RemovePolicy:input_type -> execgate.agent.v1.RemovePolicyRequest
+	14, // 23: execgate.agent.v1.AgentService.GetStatus:input_type -> execgate.agent.v1.GetStatusRequest
+	21, // 24: execgate.agent.v1.AgentService.WatchEvents:input_type -> execgate.agent.v1.WatchEventsRequest
+	9,  // 25: execgate.agent.v1.AgentService.ApplyPodPolicy:output_type -> execgate.agent.v1.ApplyPodPolicyResponse
+	11, // 26: execgate.agent.v1.AgentService.RemovePod:output_type -> execgate.agent.v1.RemovePodResponse
+	13, // 27: execgate.agent.v1.AgentService.RemovePolicy:output_type -> execgate.agent.v1.RemovePolicyResponse
+	18, // 28: execgate.agent.v1.AgentService.GetStatus:output_type -> execgate.agent.v1.AgentStatus
+	22, // 29: execgate.agent.v1.AgentService.WatchEvents:output_type -> execgate.agent.v1.ExecEvent
+	25, // [25:30] is the sub-list for method output_type
+	20, // [20:25] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_execgate_agent_v1_agent_proto_init() }
@@ -1784,7 +1853,7 @@ func file_execgate_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_execgate_agent_v1_agent_proto_rawDesc), len(file_execgate_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -231,7 +231,8 @@ func TestConcurrentExecs(t *testing.T) {
 			}
 		}
 		if n > 0 {
-			t.Fatalf("%d of %d execs decided wrong", n, workers*each)
+			st, _ := e.Stats()
+			t.Fatalf("%d of %d execs decided wrong; the program's counters: %v", n, workers*each, st.Counters)
 		}
 	})
 }

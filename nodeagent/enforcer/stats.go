@@ -94,6 +94,17 @@ func (e *Enforcer) Stats() (Stats, error) {
 		}
 	}
 	st.UserDrops = atomic.LoadUint64(&e.userDrops)
+	// The kernel skips a tracing program (fmod_ret, tp_btf; never lsm)
+	// when the same program is already running on the CPU: on a
+	// preemptible kernel, an exec that preempts another exec inside the
+	// program runs unchecked. Only the kernel can count those (5.12+).
+	if e.coll != nil {
+		if prog := e.coll.Programs[programFor[e.attach]]; prog != nil {
+			if ps, err := prog.Stats(); err == nil {
+				st.Counters["skipped"] = ps.RecursionMisses
+			}
+		}
+	}
 	return st, nil
 }
 

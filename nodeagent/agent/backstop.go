@@ -222,7 +222,8 @@ func (b *backstop) reconcilePod(ctx context.Context, pod *corev1.Pod) error {
 		return err
 	}
 	name, labelled := pod.Labels[v1alpha1.PolicyLabel]
-	if bound, ok := b.a.boundPolicy(uid); ok {
+	bound, isBound := b.a.boundPolicy(uid)
+	if isBound {
 		if !labelled || enforcer.PolicyKey(pod.Namespace+"/"+name) != bound {
 			// Removing or changing the label of a running pod must not
 			// unbind or weaken it: the pod keeps its policy until deleted.
@@ -246,6 +247,11 @@ func (b *backstop) reconcilePod(ctx context.Context, pod *corev1.Pod) error {
 	if !exists {
 		// Not (yet) created: nothing to enforce from here; a later policy
 		// event requeues the pod.
+		return nil
+	}
+	if u, ok := obj.(*unstructured.Unstructured); ok && u.GetDeletionTimestamp() != nil && !isBound {
+		// Kept only for the pods bound to it before its deletion; the webhook
+		// does not bind a new pod to it either.
 		return nil
 	}
 	pol, err := policyFromObject(obj)

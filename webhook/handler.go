@@ -28,6 +28,9 @@ import (
 const (
 	ReasonPolicyNotFound = "PolicyNotFound"
 	ReasonPolicyInvalid  = "PolicyInvalid"
+	// ReasonWritableRootFilesystem: a Protect pod has a container whose root filesystem is
+	// writable, where an allowed path can be overwritten with another program (issue 14.9).
+	ReasonWritableRootFilesystem = "WritableRootFilesystem"
 )
 
 // DefaultLookupTimeout bounds the API read made when the informer cache does not have the
@@ -214,6 +217,21 @@ func (a *Admitter) decide(ctx context.Context, t admissionTarget) decision {
 		log.Error("read policy", zap.Error(err))
 		return decision{outcome: OutcomeError, message: "policy lookup failed", warnings: []string{"execgate: read policy: " + err.Error()}}
 	}
+	if policy.DeletionTimestamp != nil {
+		// Kept only for the pods bound to it before its deletion (PolicyReconciler).
+		note := fmt.Sprintf("WorkloadPolicy %q in namespace %s is being deleted: the pod runs without execgate enforcement", policyName, t.namespace)
+		a.event(pod, ReasonPolicyNotFound, note)
+		return decision{outcome: OutcomeNoPolicy, message: note, warnings: []string{"execgate: " + note}}
+	}
+	var warnings []string
+	if policy.Spec.Mode == v1alpha1.ModeProtect {
+		if rw := writableRootContainers(pod); len(rw) > 0 {
+			note := fmt.Sprintf("containers %s have a writable root filesystem: under Protect an allowed path there can be overwritten with another program, which then runs as the allowed one; set securityContext.readOnlyRootFilesystem: true", strings.Join(rw, ", "))
+			a.event(pod, ReasonWritableRootFilesystem, note)
+			writableRootPodsTotal.WithLabelValues(t.namespace, policyName).Inc()
+			warnings = append(warnings, "execgate: "+note)
+		}
+	}
 	req, err := CompilePodPolicy(pod, t.node, &policy, t.requestID)
 	if err != nil {
 		a.event(pod, ReasonPolicyInvalid, err.Error())
@@ -224,10 +242,24 @@ func (a *Admitter) decide(ctx context.Context, t admissionTarget) decision {
 	log = log.With(zap.Int64("generation", policy.Generation), zap.String("outcome", string(outcome)))
 	if err != nil {
 		log.Warn("push failed; allowing the binding (fail open, the reconciler retries)", zap.Error(err))
-		return decision{outcome: outcome, message: "push failed", warnings: []string{"execgate: " + err.Error()}}
+		return decision{outcome: outcome, message: "push failed", warnings: append(warnings, "execgate: "+err.Error())}
 	}
 	log.Debug("policy pushed")
-	return decision{outcome: outcome, message: fmt.Sprintf("policy %s generation %d in force on node %s", policyName, policy.Generation, t.node)}
+	return decision{outcome: outcome, message: fmt.Sprintf("policy %s generation %d in force on node %s", policyName, policy.Generation, t.node), warnings: warnings}
+}
+
+// writableRootContainers names the pod's init and regular containers without
+// securityContext.readOnlyRootFilesystem: true.
+func writableRootContainers(pod *corev1.Pod) []string {
+	var out []string
+	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, c := range list {
+			if sc := c.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+				out = append(out, c.Name)
+			}
+		}
+	}
+	return out
 }
 
 // lookupPod reads the pod from the cache, else (cache miss, or a stale pod with another

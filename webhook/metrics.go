@@ -66,7 +66,24 @@ var (
 	}, []string{"result"})
 )
 
+// Weakened and deleted policies (reconciler.go). Labels are bounded by the policies.
+var (
+	policyWeakenedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "execgate_controller_policy_weakened_total",
+		Help: "WorkloadPolicy mode lowered (from, to) while pods ran under it, by namespace and policy.",
+	}, []string{"namespace", "policy", "from", "to"})
+	policyDeletionsInUseTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "execgate_controller_policy_deletions_in_use_total",
+		Help: "WorkloadPolicies deleted while pods bound to them ran (they keep enforcing its last generation until deleted), by namespace and policy.",
+	}, []string{"namespace", "policy"})
+	writableRootPodsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "execgate_controller_writable_root_pods_total",
+		Help: "Pods admitted under a Protect policy with a container whose root filesystem is writable (no securityContext.readOnlyRootFilesystem), by namespace and policy.",
+	}, []string{"namespace", "policy"})
+)
+
 func init() {
+	metrics.Registry.MustRegister(policyWeakenedTotal, policyDeletionsInUseTotal, writableRootPodsTotal)
 	metrics.Registry.MustRegister(bindingsTotal, pushesTotal, pushDuration, webhookDuration)
 	metrics.Registry.MustRegister(agentEventStreams, violationsTotal, violationEventWrites)
 }

@@ -7,6 +7,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,15 +18,19 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/execgate/execgate/api/v1alpha1"
 	agentv1 "github.com/execgate/execgate/proto/execgate/agent/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 const (
@@ -38,14 +43,19 @@ const (
 // PolicyReconciler rolls a WorkloadPolicy out to the nodes that run its pods and reports
 // whether it is in force. It runs on the leader only. On change it pushes the current
 // generation once per labelled pod, to that pod's node only (nodes without the policy's
-// pods get nothing); on delete it unbinds the pods and unloads the policy on those nodes.
-// Status is written at most once per reconcile.
+// pods get nothing). A deleted policy is kept (finalizer) while pods bound to it run: they
+// keep its last generation until they are gone (a pod's policy is fixed when it is bound),
+// and condition Deleting says so; then the policy is unloaded on the nodes. Lowering the mode
+// while pods run is applied and reported (condition Weakened). Both are Warning Events on the
+// policy and metrics. Status is written at most once per reconcile.
 type PolicyReconciler struct {
 	// Client reads from the cache and writes status.
 	Client      client.Client
 	Agents      AgentClients
 	PushTimeout time.Duration
-	Log         *zap.Logger
+	// Recorder writes the Warning Events of a weakened or deleted policy (none if nil).
+	Recorder events.EventRecorder
+	Log      *zap.Logger
 	// Now stamps failing nodes; time.Now if nil.
 	Now func() time.Time
 
@@ -138,6 +148,23 @@ type nodeResult struct {
 	failure     string // empty when every pod's push succeeded
 }
 
+// Event reasons recorded on WorkloadPolicies.
+const (
+	ReasonPolicyWeakened     = "PolicyWeakened"
+	ReasonPolicyDeletedInUse = "PolicyDeletedInUse"
+)
+
+// modeStrength orders the modes: lowering it weakens the policy's pods.
+func modeStrength(m v1alpha1.Mode) int {
+	switch m {
+	case v1alpha1.ModeProtect:
+		return 2
+	case v1alpha1.ModeMonitor:
+		return 1
+	}
+	return 0
+}
+
 // Reconcile implements reconcile.Reconciler.
 func (r *PolicyReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	log := r.logger().With(zap.String("namespace", req.Namespace), zap.String("policy", req.Name))
@@ -154,14 +181,28 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 	if err := r.Client.List(ctx, &pods, client.InNamespace(req.Namespace), client.MatchingLabels{v1alpha1.PolicyLabel: req.Name}); err != nil {
 		return reconcile.Result{}, fmt.Errorf("list pods of policy %s: %w", req.NamespacedName, err)
 	}
+	if policy.DeletionTimestamp != nil {
+		return r.reconcileDeleted(ctx, &policy, pods.Items, log)
+	}
+	if !controllerutil.ContainsFinalizer(&policy, v1alpha1.PodsEnforcedFinalizer) && len(pods.Items) > 0 {
+		patch := client.MergeFrom(policy.DeepCopy())
+		controllerutil.AddFinalizer(&policy, v1alpha1.PodsEnforcedFinalizer)
+		if err := r.Client.Patch(ctx, &policy, patch); err != nil {
+			return reconcile.Result{}, fmt.Errorf("add finalizer to policy %s: %w", req.NamespacedName, err)
+		}
+	}
 	byNode := map[string][]*corev1.Pod{}
 	total, unscheduled := 0, 0
+	var writableRoot []string
 	for i := range pods.Items {
 		pod := &pods.Items[i]
 		if terminal(pod) {
 			continue
 		}
 		total++
+		if rw := writableRootContainers(pod); len(rw) > 0 {
+			writableRoot = append(writableRoot, pod.Name+" ("+strings.Join(rw, ", ")+")")
+		}
 		if pod.Spec.NodeName == "" {
 			unscheduled++ // the binding webhook pushes it when it gets a node
 			continue
@@ -179,7 +220,9 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req reconcile.Request)
 		r.remember(req.NamespacedName, slices.Collect(maps.Keys(byNode)))
 		results = r.pushAll(ctx, &policy, byNode, log)
 		r.summarise(&status, &policy, results, total, unscheduled)
+		r.checkWeakened(&status, &policy, total, log)
 	}
+	setWritableRoot(&status, &policy, writableRoot)
 	if err := r.writeStatus(ctx, &policy, status); err != nil {
 		return reconcile.Result{}, err
 	}
@@ -272,6 +315,97 @@ func (r *PolicyReconciler) summarise(status *v1alpha1.WorkloadPolicyStatus, poli
 	}
 }
 
+// checkWeakened reports a mode lowered (from the mode of the last observed generation)
+// while pods ran under the policy. It is applied: this is how a Protect rollout that breaks
+// a workload is relaxed, so it must be seen, not refused.
+func (r *PolicyReconciler) checkWeakened(status *v1alpha1.WorkloadPolicyStatus, policy *v1alpha1.WorkloadPolicy, pods int, log *zap.Logger) {
+	from, to := policy.Status.Mode, policy.Spec.Mode
+	switch {
+	case to == v1alpha1.ModeProtect:
+		if meta.FindStatusCondition(status.Conditions, v1alpha1.ConditionWeakened) != nil {
+			setCondition(status, v1alpha1.ConditionWeakened, false, v1alpha1.ReasonProtectRestored, "the mode is Protect")
+		}
+	case from != "" && policy.Status.ObservedGeneration != policy.Generation && modeStrength(to) < modeStrength(from) && pods > 0:
+		msg := fmt.Sprintf("mode lowered from %s to %s at generation %d while %d pod(s) ran under it: executables outside the allowlist are no longer denied", from, to, policy.Generation, pods)
+		if to == v1alpha1.ModeLearn {
+			msg = fmt.Sprintf("mode lowered from %s to Learn at generation %d while %d pod(s) ran under it: everything runs and is recorded", from, policy.Generation, pods)
+		}
+		setCondition(status, v1alpha1.ConditionWeakened, true, v1alpha1.ReasonModeLowered, msg)
+		policyWeakenedTotal.WithLabelValues(policy.Namespace, policy.Name, string(from), string(to)).Inc()
+		r.event(policy, ReasonPolicyWeakened, "Weaken", msg)
+		log.Warn("policy mode lowered while pods run under it", zap.String("from", string(from)), zap.String("to", string(to)), zap.Int("pods", pods))
+	}
+}
+
+// reconcileDeleted keeps a deleted policy, without pushing anything, while pods bound to
+// it before the deletion run: the agents keep enforcing its last generation for them. Pods
+// created after the deletion are not bound to it (the webhook treats a policy being deleted
+// as missing). With the last of them gone the finalizer is removed; the NotFound reconcile
+// that follows unloads the policy on its nodes.
+func (r *PolicyReconciler) reconcileDeleted(ctx context.Context, policy *v1alpha1.WorkloadPolicy, pods []corev1.Pod, log *zap.Logger) (reconcile.Result, error) {
+	if !controllerutil.ContainsFinalizer(policy, v1alpha1.PodsEnforcedFinalizer) {
+		return reconcile.Result{}, nil // another finalizer holds it; nothing of ours to do
+	}
+	inUse := 0
+	for i := range pods {
+		pod := &pods[i]
+		if !terminal(pod) && pod.Spec.NodeName != "" && pod.CreationTimestamp.Before(policy.DeletionTimestamp) {
+			inUse++
+		}
+	}
+	if inUse == 0 {
+		patch := client.MergeFrom(policy.DeepCopy())
+		controllerutil.RemoveFinalizer(policy, v1alpha1.PodsEnforcedFinalizer)
+		if err := r.Client.Patch(ctx, policy, patch); err != nil && !apierrors.IsNotFound(err) {
+			return reconcile.Result{}, fmt.Errorf("remove finalizer of policy %s/%s: %w", policy.Namespace, policy.Name, err)
+		}
+		return reconcile.Result{}, nil
+	}
+	status := *policy.Status.DeepCopy()
+	first := !meta.IsStatusConditionTrue(status.Conditions, v1alpha1.ConditionDeleting)
+	msg := fmt.Sprintf("deleted while %d pod(s) bound to it run: they keep enforcing generation %d (mode %s) until they are deleted; the policy goes with the last of them, pods created since run without it",
+		inUse, policy.Status.ObservedGeneration, policy.Status.Mode)
+	setCondition(&status, v1alpha1.ConditionDeleting, true, v1alpha1.ReasonPodsStillEnforced, msg)
+	if first {
+		policyDeletionsInUseTotal.WithLabelValues(policy.Namespace, policy.Name).Inc()
+		r.event(policy, ReasonPolicyDeletedInUse, "Delete", msg)
+		log.Warn("policy deleted while pods use it; they keep enforcing it", zap.Int("pods", inUse))
+	}
+	if err := r.writeStatus(ctx, policy, status); err != nil {
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{RequeueAfter: retryFailingAfter}, nil
+}
+
+// setWritableRoot reports the Protect pods whose containers have a writable root
+// filesystem (at most 5 named), where an allowed path can be overwritten.
+func setWritableRoot(status *v1alpha1.WorkloadPolicyStatus, policy *v1alpha1.WorkloadPolicy, pods []string) {
+	if policy.Spec.Mode != v1alpha1.ModeProtect {
+		meta.RemoveStatusCondition(&status.Conditions, v1alpha1.ConditionWritableRootFilesystem)
+		return
+	}
+	if len(pods) == 0 {
+		setCondition(status, v1alpha1.ConditionWritableRootFilesystem, false, v1alpha1.ReasonReadOnlyRoot, "every container of the policy's pods has a read-only root filesystem")
+		return
+	}
+	slices.Sort(pods)
+	named := pods
+	if len(named) > 5 {
+		named = named[:5]
+	}
+	msg := fmt.Sprintf("%d pod(s) have containers with a writable root filesystem, where an allowed path can be overwritten with another program that then runs as the allowed one: %s", len(pods), strings.Join(named, "; "))
+	if len(pods) > len(named) {
+		msg += fmt.Sprintf("; and %d more", len(pods)-len(named))
+	}
+	setCondition(status, v1alpha1.ConditionWritableRootFilesystem, true, v1alpha1.ReasonWritableRoot, msg+". Set securityContext.readOnlyRootFilesystem: true")
+}
+
+func (r *PolicyReconciler) event(policy *v1alpha1.WorkloadPolicy, reason, action, note string) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(policy, nil, corev1.EventTypeWarning, reason, action, "%s", note)
+	}
+}
+
 func setCondition(status *v1alpha1.WorkloadPolicyStatus, typ string, ok bool, reason, msg string) {
 	s := metav1.ConditionFalse
 	if ok {
@@ -305,20 +439,22 @@ func statusEqual(a, b v1alpha1.WorkloadPolicyStatus) bool {
 		})
 }
 
-// removeEverywhere handles a deleted policy: unbind its pods, then unload it, on every node
-// that has (or had) them. Errors are returned so the key is retried with backoff.
+// removeEverywhere handles a policy that is gone: unload it on every node that has (or had)
+// its pods. Pods still bound to it are not unbound: a running pod keeps its policy until it
+// is deleted, and its agent unloads the policy with its last pod. Errors are returned so the
+// key is retried with backoff.
 func (r *PolicyReconciler) removeEverywhere(ctx context.Context, key types.NamespacedName, log *zap.Logger) error {
 	var pods corev1.PodList
 	if err := r.Client.List(ctx, &pods, client.InNamespace(key.Namespace), client.MatchingLabels{v1alpha1.PolicyLabel: key.Name}); err != nil {
 		return fmt.Errorf("list pods of deleted policy %s: %w", key, err)
 	}
-	podsByNode := map[string][]string{}
+	podsByNode := map[string]int{}
 	for _, node := range r.rememberedNodes(key) {
-		podsByNode[node] = nil
+		podsByNode[node] = 0
 	}
 	for _, pod := range pods.Items {
 		if pod.Spec.NodeName != "" {
-			podsByNode[pod.Spec.NodeName] = append(podsByNode[pod.Spec.NodeName], string(pod.UID))
+			podsByNode[pod.Spec.NodeName]++
 		}
 	}
 	var (
@@ -327,9 +463,9 @@ func (r *PolicyReconciler) removeEverywhere(ctx context.Context, key types.Names
 		errs []error
 	)
 	g.SetLimit(nodeConcurrency)
-	for node, uids := range podsByNode {
+	for node := range podsByNode {
 		g.Go(func() error {
-			if err := r.removeFromNode(ctx, node, key, uids); err != nil {
+			if err := r.removeFromNode(ctx, node, key); err != nil {
 				log.Warn("remove deleted policy from node", zap.String("node", node), zap.Error(err))
 				mu.Lock()
 				errs = append(errs, err)
@@ -349,7 +485,7 @@ func (r *PolicyReconciler) removeEverywhere(ctx context.Context, key types.Names
 	return nil
 }
 
-func (r *PolicyReconciler) removeFromNode(ctx context.Context, node string, key types.NamespacedName, podUIDs []string) error {
+func (r *PolicyReconciler) removeFromNode(ctx context.Context, node string, key types.NamespacedName) error {
 	agent, err := r.Agents.Client(node)
 	if errors.Is(err, ErrNoAgent) {
 		return nil // no agent, nothing loaded; a new agent starts from the API server's state
@@ -357,17 +493,13 @@ func (r *PolicyReconciler) removeFromNode(ctx context.Context, node string, key 
 	if err != nil {
 		return fmt.Errorf("node %s: %w", node, err)
 	}
-	for _, uid := range podUIDs {
-		cctx, cancel := context.WithTimeout(ctx, r.pushTimeout())
-		_, err := agent.RemovePod(cctx, &agentv1.RemovePodRequest{PodUid: uid})
-		cancel()
-		if err != nil {
-			return fmt.Errorf("node %s: remove pod %s: %w", node, uid, err)
-		}
-	}
 	cctx, cancel := context.WithTimeout(ctx, r.pushTimeout())
 	defer cancel()
-	if _, err := agent.RemovePolicy(cctx, &agentv1.RemovePolicyRequest{Namespace: key.Namespace, Name: key.Name}); err != nil {
+	_, err = agent.RemovePolicy(cctx, &agentv1.RemovePolicyRequest{Namespace: key.Namespace, Name: key.Name})
+	if status.Code(err) == codes.FailedPrecondition {
+		return nil // pods there still run under it: the agent unloads it after the last one
+	}
+	if err != nil {
 		return fmt.Errorf("node %s: remove policy: %w", node, err)
 	}
 	return nil

@@ -193,9 +193,14 @@ func TestPolicyReconcilerDeleteRemovesFromItsNodes(t *testing.T) {
 	if err := env.client.Delete(context.Background(), env.policy(t, "web")); err != nil {
 		t.Fatal(err)
 	}
-	env.reconcile(t, "web")
+	env.reconcile(t, "web") // kept while web-1 runs (TestTamperPolicyDeleteVisible)
+	if err := env.client.Delete(context.Background(), testPod("web-1", "uid-web-1", "web", "node-a")); err != nil {
+		t.Fatal(err)
+	}
+	env.reconcile(t, "web") // finalizer removed
+	env.reconcile(t, "web") // gone: unloaded where it was sent
 	pods, policies := env.agents["node-a"].removals()
-	if len(pods) != 1 || pods[0] != "uid-web-1" || len(policies) != 1 || policies[0].Name != "web" {
+	if len(pods) != 0 || len(policies) != 1 || policies[0].Name != "web" {
 		t.Errorf("node-a removals: pods %v, policies %+v", pods, policies)
 	}
 	for _, n := range []string{"node-b", "node-c"} {

@@ -163,7 +163,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	server.Register(BindingPath, &crwebhook.Admission{Handler: &BindingHandler{Admitter: admitter}, RecoverPanic: &recoverPanic})
 	server.Register(PodsPath, &crwebhook.Admission{Handler: &PodHandler{Admitter: admitter}, RecoverPanic: &recoverPanic})
 
-	reconciler := &PolicyReconciler{Client: mgr.GetClient(), Agents: pool, PushTimeout: cfg.PushTimeout * 4, Log: log.Named("reconciler")}
+	reconciler := &PolicyReconciler{Client: mgr.GetClient(), Agents: pool, PushTimeout: cfg.PushTimeout * 4,
+		Recorder: mgr.GetEventRecorder("execgate-controller"), Log: log.Named("reconciler")}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return err
 	}

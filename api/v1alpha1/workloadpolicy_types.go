@@ -31,7 +31,22 @@ const (
 	// ConditionDegraded is True when at least one node failed to put the policy in force;
 	// status.failingNodes says which and why.
 	ConditionDegraded = "Degraded"
+	// ConditionWeakened is True when the mode was lowered (Protect to Monitor or Learn,
+	// Monitor to Learn) while pods ran under the policy; it turns False when the mode is
+	// Protect again.
+	ConditionWeakened = "Weakened"
+	// ConditionDeleting is True while a deleted policy is kept (finalizer PodsEnforcedFinalizer)
+	// because pods bound to it still run: they keep its last generation until they are gone.
+	ConditionDeleting = "Deleting"
+	// ConditionWritableRootFilesystem is True when a pod of a Protect policy has a container
+	// without securityContext.readOnlyRootFilesystem: an allowed path on its writable root can
+	// be overwritten with another program, which then runs as the allowed one.
+	ConditionWritableRootFilesystem = "WritableRootFilesystem"
 )
+
+// PodsEnforcedFinalizer keeps a deleted WorkloadPolicy while pods bound to it still run, so
+// that its deletion is visible (condition Deleting) for as long as they keep enforcing it.
+const PodsEnforcedFinalizer = "execgate.io/pods-enforced"
 
 // Condition reasons of a WorkloadPolicy.
 const (
@@ -50,6 +65,19 @@ const (
 	ReasonNodesFailing = "NodesFailing"
 	// ReasonNoFailures (Degraded=False): no node reported a failure.
 	ReasonNoFailures = "NoFailures"
+	// ReasonModeLowered (Weakened=True): the mode was lowered while pods ran under the policy.
+	ReasonModeLowered = "ModeLowered"
+	// ReasonProtectRestored (Weakened=False): the mode is Protect again.
+	ReasonProtectRestored = "ProtectRestored"
+	// ReasonPodsStillEnforced (Deleting=True): the policy was deleted while pods bound to it
+	// run; they keep its last generation, and the object goes with the last of them.
+	ReasonPodsStillEnforced = "PodsStillEnforced"
+	// ReasonWritableRoot (WritableRootFilesystem=True): some pods have containers whose root
+	// filesystem is writable.
+	ReasonWritableRoot = "WritableRoot"
+	// ReasonReadOnlyRoot (WritableRootFilesystem=False): every container of the policy's pods
+	// has a read-only root filesystem.
+	ReasonReadOnlyRoot = "ReadOnlyRoot"
 )
 
 // MaxFailingNodes bounds status.failingNodes so that a cluster-wide outage does not turn
@@ -85,7 +113,8 @@ type WorkloadPolicyStatus struct {
 	// +optional
 	Mode Mode `json:"mode,omitempty"`
 
-	// Conditions are Ready and Degraded.
+	// Conditions are Ready, Degraded, and when they apply Weakened, Deleting and
+	// WritableRootFilesystem.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

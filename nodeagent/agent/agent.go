@@ -211,6 +211,13 @@ func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (ap
 	if a.gone.Contains(pp.Pod.UID) {
 		return false, 0, fmt.Errorf("pod %s/%s (uid %s) was deleted: %w", pp.Pod.Namespace, pp.Pod.Name, pp.Pod.UID, podpolicy.ErrConflict)
 	}
+	if prev := a.pods[pp.Pod.UID]; prev != nil && prev.policy != pv.Key {
+		// A pod's policy is fixed when it is bound (issue 14): a changed label
+		// must not unbind or weaken a running pod. The pod runs under prev
+		// until it is gone; its replacement gets the new policy.
+		return false, 0, fmt.Errorf("pod %s/%s (uid %s) is bound to policy %s until it is deleted; refusing policy %s: %w",
+			pp.Pod.Namespace, pp.Pod.Name, pp.Pod.UID, prev.policy, pv.Key, podpolicy.ErrConflict)
+	}
 	if uid, ok := a.policyUIDs[pv.Key]; ok && pp.Policy.UID != "" && uid != "" && uid != pp.Policy.UID {
 		if a.policyUsersLocked(pv.Key, "") > 0 {
 			return false, 0, fmt.Errorf("policy %s was recreated (uid %s, loaded %s) while pods still use it: %w", pv.Key, pp.Policy.UID, uid, podpolicy.ErrConflict)
@@ -240,23 +247,19 @@ func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (ap
 			appliedBy: pp.RequestID, appliedAt: time.Now()}
 	}
 	next.namespace, next.name, next.qos = pp.Pod.Namespace, pp.Pod.Name, qos
-	oldPolicy := next.policy
 	next.policy = pv.Key
 	for _, c := range pp.Pod.Containers {
 		if id := containerIDOf(c.ContainerID); id != "" {
 			next.names[id] = c.Name
 		}
 	}
-	podChanged := prev == nil || prev.policy != pv.Key
+	podChanged := prev == nil
 
 	if err := a.commitPodLocked(prev, next); err != nil {
 		if !existed {
 			a.releasePolicyLocked(pv.Key)
 		}
 		return false, 0, err
-	}
-	if oldPolicy != "" && oldPolicy != pv.Key {
-		a.releasePolicyLocked(oldPolicy)
 	}
 	return putApplied || podChanged, loaded, nil
 }
@@ -442,8 +445,9 @@ func (a *Agent) PodDeleted(ctx context.Context, uid string) (bool, error) {
 	return a.removePod(ctx, uid, true)
 }
 
-// RemovePod implements server.Backend. The pod may come back (relabelled), so
-// no tombstone is kept.
+// RemovePod implements server.Backend: the controller (over mTLS) unbinds a
+// pod. The backstop never calls it for a running pod whose label changed
+// (it keeps the binding, see backstop.labelChanged). No tombstone is kept.
 func (a *Agent) RemovePod(ctx context.Context, uid string) (bool, error) {
 	return a.removePod(ctx, uid, false)
 }
@@ -605,6 +609,29 @@ func (a *Agent) Status(ctx context.Context) (*agentv1.AgentStatus, error) {
 	a.mu.Unlock()
 	sort.Slice(out.Pods, func(i, j int) bool { return out.Pods[i].Uid < out.Pods[j].Uid })
 	return out, nil
+}
+
+// boundPolicy is the policy the agent enforces for pod uid, if any.
+func (a *Agent) boundPolicy(uid string) (enforcer.PolicyKey, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if p := a.pods[uid]; p != nil {
+		return p.policy, true
+	}
+	return "", false
+}
+
+// podsUsing lists the namespace/name of the pods that run under key.
+func (a *Agent) podsUsing(key enforcer.PolicyKey) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for _, p := range a.pods {
+		if p.policy == key && p.name != "" {
+			out = append(out, p.namespace+"/"+p.name)
+		}
+	}
+	return out
 }
 
 // counts reports the pods and policies the agent holds (for metrics).

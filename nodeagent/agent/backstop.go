@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -16,7 +17,9 @@ import (
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -60,8 +63,18 @@ type backstop struct {
 	pods     cache.SharedIndexInformer
 	policies cache.SharedIndexInformer
 	queue    workqueue.TypedRateLimitingInterface[backstopItem]
+	recorder events.EventRecorder
 	log      *zap.Logger
+	// labelReported maps the uid of a bound pod whose policy label changed to
+	// the label value last reported, so that each change is reported once
+	// (resyncs and unrelated updates are not). Owned by the goroutine that
+	// runs processNext; an entry goes with its pod.
+	labelReported map[string]string
 }
+
+// ReasonPolicyLabelChanged is the reason of the Warning Event the agent
+// writes on a running pod whose execgate.io/policy label changed.
+const ReasonPolicyLabelChanged = "PolicyLabelChanged"
 
 // runBackstop watches this node's pods and the workload policies, and
 // reconciles one item at a time until ctx ends.
@@ -82,9 +95,16 @@ func (a *Agent) runBackstop(ctx context.Context) error {
 		policies: df.ForResource(WorkloadPolicyResource).Informer(),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[backstopItem](),
 			workqueue.TypedRateLimitingQueueConfig[backstopItem]{Name: "execgate-agent-backstop"}),
-		log: a.log.Named("backstop"),
+		log:           a.log.Named("backstop"),
+		labelReported: map[string]string{},
 	}
 	defer b.queue.ShutDown()
+	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: bs.Kube.EventsV1()})
+	if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
+		return fmt.Errorf("backstop: start event recorder: %w", err)
+	}
+	defer broadcaster.Shutdown()
+	b.recorder = broadcaster.NewRecorder(clientgoscheme.Scheme, "execgate-agent")
 	if err := b.addHandlers(); err != nil {
 		return err
 	}
@@ -162,6 +182,7 @@ func (b *backstop) processNext(ctx context.Context) bool {
 func (b *backstop) reconcile(ctx context.Context, item backstopItem) error {
 	switch item.kind {
 	case itemRemovePod:
+		delete(b.labelReported, item.key)
 		_, err := b.a.PodDeleted(ctx, item.key)
 		return err
 	case itemPolicy:
@@ -174,6 +195,10 @@ func (b *backstop) reconcile(ctx context.Context, item backstopItem) error {
 			if pod.Namespace == ns && pod.Labels[v1alpha1.PolicyLabel] == name {
 				b.queue.Add(backstopItem{kind: itemPod, key: ns + "/" + pod.Name})
 			}
+		}
+		// Pods bound to it whose label was changed since still follow it.
+		for _, key := range b.a.podsUsing(enforcer.PolicyKey(item.key)) {
+			b.queue.Add(backstopItem{kind: itemPod, key: key})
 		}
 		return nil
 	}
@@ -192,13 +217,25 @@ func (b *backstop) reconcilePod(ctx context.Context, pod *corev1.Pod) error {
 		return nil // the field selector should have kept it out
 	}
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		delete(b.labelReported, uid)
 		_, err := b.a.PodDeleted(ctx, uid) // every container has exited for good
 		return err
 	}
 	name, labelled := pod.Labels[v1alpha1.PolicyLabel]
+	bound, isBound := b.a.boundPolicy(uid)
+	if isBound {
+		if !labelled || enforcer.PolicyKey(pod.Namespace+"/"+name) != bound {
+			// Removing or changing the label of a running pod must not
+			// unbind or weaken it: the pod keeps its policy until deleted.
+			b.labelChanged(pod, bound, name, labelled)
+			_, name, _ = strings.Cut(string(bound), "/")
+			labelled = true
+		} else {
+			delete(b.labelReported, uid) // label put back: a new change is news
+		}
+	}
 	if !labelled {
-		_, err := b.a.RemovePod(ctx, uid) // opted out; may opt in again
-		return err
+		return nil // never bound, not opted in
 	}
 	// A terminating pod (deletionTimestamp set) keeps its enforcement: its
 	// containers run until the kubelet stops them, preStop hooks included.
@@ -210,6 +247,11 @@ func (b *backstop) reconcilePod(ctx context.Context, pod *corev1.Pod) error {
 	if !exists {
 		// Not (yet) created: nothing to enforce from here; a later policy
 		// event requeues the pod.
+		return nil
+	}
+	if u, ok := obj.(*unstructured.Unstructured); ok && u.GetDeletionTimestamp() != nil && !isBound {
+		// Kept only for the pods bound to it before its deletion; the webhook
+		// does not bind a new pod to it either.
 		return nil
 	}
 	pol, err := policyFromObject(obj)
@@ -234,6 +276,33 @@ func (b *backstop) reconcilePod(ctx context.Context, pod *corev1.Pod) error {
 			zap.String("policy", pol.Key()), zap.Uint64("version", loaded))
 	}
 	return nil
+}
+
+// labelChanged reports, once per change, that a bound pod's label no longer
+// names the policy it runs under: a log line, a Warning Event on the pod and
+// execgate_agent_policy_label_changes_total.
+func (b *backstop) labelChanged(pod *corev1.Pod, bound enforcer.PolicyKey, label string, labelled bool) {
+	uid := string(pod.UID)
+	seen := "\x00removed" // no label value can contain NUL
+	if labelled {
+		seen = label
+	}
+	if prev, ok := b.labelReported[uid]; ok && prev == seen {
+		return
+	}
+	b.labelReported[uid] = seen
+	change := "removed"
+	note := fmt.Sprintf("label %s was removed from this running pod: it stays bound to WorkloadPolicy %s until it is deleted (recreate the pod to change its policy)", v1alpha1.PolicyLabel, bound)
+	if labelled {
+		change = "changed"
+		note = fmt.Sprintf("label %s was changed to %q on this running pod: it stays bound to WorkloadPolicy %s until it is deleted (recreate the pod to change its policy)", v1alpha1.PolicyLabel, label, bound)
+	}
+	b.a.metrics.labelChanged(pod.Namespace, string(bound), change)
+	b.log.Warn("policy label of a bound pod changed; keeping its binding", zap.String("namespace", pod.Namespace), zap.String("pod", pod.Name),
+		zap.String("policy", string(bound)), zap.String("change", change), zap.String("label", label))
+	if b.recorder != nil {
+		b.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonPolicyLabelChanged, "KeepBinding", "%s", note)
+	}
 }
 
 // policyFromObject converts and validates a WorkloadPolicy from the watch.

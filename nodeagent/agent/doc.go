@@ -6,7 +6,9 @@
 // names, bound cgroup ids), the bounded set of pods whose cgroup has not
 // appeared yet, the tombstones of pods the API server deleted (a bounded set
 // of UIDs: a push that arrives after the deletion is refused, not re-added),
-// the reaction to cgroup events, the start-up adoption of what the kernel
+// the rule that a bound pod's policy is fixed until the pod is deleted (a removed
+// or changed execgate.io/policy label is reported once, never followed), the
+// reaction to cgroup events, the start-up adoption of what the kernel
 // already enforces, the garbage-collection sweep, the fan-out of exec events
 // to subscribers, the agent's metrics and health endpoints, and:
 //   - the violation log (violations.go): the first violation of a (pod,

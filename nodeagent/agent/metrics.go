@@ -18,6 +18,7 @@ type metrics struct {
 	applyDuration *prometheus.HistogramVec
 	gcRemovals    prometheus.Counter
 	violations    *prometheus.CounterVec // namespace, policy, action
+	labelChanges  *prometheus.CounterVec // namespace, policy, change
 }
 
 func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
@@ -36,8 +37,12 @@ func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
 			Name: "execgate_agent_violations_total",
 			Help: "Monitor (reported) and Protect (denied) violations the agent received from the kernel, by namespace, policy and action. Events lost before the agent read them are in execgate_agent_events_dropped_total; the kernel's own count is execgate_agent_decisions_total.",
 		}, []string{"namespace", "policy", "action"}),
+		labelChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "execgate_agent_policy_label_changes_total",
+			Help: "Running pods whose execgate.io/policy label was removed (change=removed) or set to another policy (change=changed) after they were bound, by namespace and the policy they stay bound to: the agent keeps that binding until the pod is deleted. Each change of a pod's label counts once.",
+		}, []string{"namespace", "policy", "change"}),
 	}
-	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, &stateCollector{a: a}} {
+	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, m.labelChanges, &stateCollector{a: a}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -66,6 +71,12 @@ func (m *metrics) violation(ev *agentv1.ExecEvent) {
 		ns, _, _ = strings.Cut(ev.GetPolicy(), "/")
 	}
 	m.violations.WithLabelValues(ns, ev.GetPolicy(), actionLabel(ev.GetAction())).Add(float64(max(ev.GetCount(), 1)))
+}
+
+func (m *metrics) labelChanged(namespace, policy, change string) {
+	if m != nil {
+		m.labelChanges.WithLabelValues(namespace, policy, change).Inc()
+	}
 }
 
 func (m *metrics) gcRemoved(n int) {

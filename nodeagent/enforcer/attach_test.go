@@ -1,12 +1,9 @@
 package enforcer
 
 import (
-	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -34,17 +31,11 @@ func TestKernelAttachModeChoice(t *testing.T) {
 		t.Fatal("no attach mode loads on this kernel")
 	}
 	core, logs := observer.New(zapcore.WarnLevel)
-	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("execgate-auto-%d", time.Now().UnixNano()))
-	e, err := New(Config{PinDir: dir, Attach: AttachAuto, Logger: zap.New(core)})
+	e, drop, err := loadPinned(t, AttachAuto, zap.New(core))
+	t.Cleanup(drop)
 	if err != nil {
 		t.Fatalf("auto: %v", err)
 	}
-	t.Cleanup(func() {
-		e.Close()
-		if err := Cleanup(dir); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
 	if e.AttachMode() != first {
 		t.Fatalf("auto chose %s; the first mode that loads alone is %s (loads: %v)", e.AttachMode(), first, loads)
 	}

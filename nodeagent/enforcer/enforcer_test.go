@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/execgate/execgate/internal/testenv"
@@ -91,14 +92,8 @@ func requireAttachMode(t *testing.T, mode AttachMode) bool {
 // and removes it again: nil when the kernel takes it.
 func tryAttachMode(t *testing.T, mode AttachMode) error {
 	t.Helper()
-	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("execgate-try-%s-%d", mode, time.Now().UnixNano()))
-	e, err := New(Config{PinDir: dir, Attach: mode, Logger: zaptest.NewLogger(t)})
-	if err == nil {
-		e.Close()
-	}
-	if cerr := Cleanup(dir); cerr != nil {
-		t.Errorf("cleanup %s: %v", dir, cerr)
-	}
+	_, drop, err := loadPinned(t, mode, zaptest.NewLogger(t))
+	drop()
 	return err
 }
 
@@ -119,21 +114,32 @@ func assertDenied(t *testing.T, mode AttachMode, out string, err error) {
 // removes every pin at cleanup.
 func newTestEnforcer(t *testing.T, mode AttachMode) *Enforcer {
 	t.Helper()
-	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("execgate-test-%d", time.Now().UnixNano()))
-	e, err := New(Config{PinDir: dir, Attach: mode, Logger: zaptest.NewLogger(t)})
+	e, drop, err := loadPinned(t, mode, zaptest.NewLogger(t))
+	t.Cleanup(drop)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	t.Cleanup(func() {
-		e.Close()
-		if err := Cleanup(dir); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
 	if e.AttachMode() != mode {
 		t.Fatalf("attach mode %s, want %s", e.AttachMode(), mode)
 	}
 	return e
+}
+
+// loadPinned loads an enforcer in mode pinned in a fresh bpffs directory;
+// drop closes it (if it loaded) and removes every pin.
+func loadPinned(t *testing.T, mode AttachMode, log *zap.Logger) (*Enforcer, func(), error) {
+	t.Helper()
+	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("execgate-test-%s-%d", mode, time.Now().UnixNano()))
+	e, err := New(Config{PinDir: dir, Attach: mode, Logger: log})
+	drop := func() {
+		if e != nil {
+			e.Close()
+		}
+		if err := Cleanup(dir); err != nil {
+			t.Errorf("cleanup %s: %v", dir, err)
+		}
+	}
+	return e, drop, err
 }
 
 // waitEvent returns the next event matching pred, or fails after a timeout.

@@ -10,7 +10,8 @@
  * one path walk, one mount namespace pin lookup, one SipHash and one or two
  * rule lookups. Nothing depends on how many policies are loaded.
  *
- * Attach points (the agent loads exactly one):
+ * Attach points (the agent uses exactly one; tracing ones as twins, see
+ * exec_stamp):
  *   lsm/bprm_creds_for_exec              BPF LSM, 5.7+, "bpf" in the LSM list
  *   fmod_ret/security_bprm_creds_for_exec trampolines, 5.7+, no boot flag
  *   tp_btf/sched_process_exec            5.5+, for kernels that refuse
@@ -134,6 +135,7 @@ enum stat {
 	STAT_DROPPED,    /* events lost because the ring buffer was full */
 	STAT_UNTRUSTED,  /* executables without a trustworthy path */
 	STAT_SCRATCH_BUSY, /* every scratch slot of the CPU in use: decided closed, no event */
+	STAT_TWIN_DECIDED, /* a twin program had decided this exec already: see exec_stamp */
 	STAT_MAX,
 };
 
@@ -282,6 +284,27 @@ struct {
 	__uint(max_entries, SCRATCH_SLOTS);
 } scratch SEC(".maps");
 
+/*
+ * exec_stamp, in task storage (5.11+): the last exec a twin program decided
+ * for the task, and its verdict. An exec is named by the task's exec count
+ * (self_exec_id: it changes only when an exec commits) and the file's inode,
+ * so a stamp left by an attempt that failed after the check can match only
+ * a retry of the very same file, which gets the same verdict.
+ */
+struct exec_stamp {
+	__u64 exec_id;
+	__u64 ino;
+	__u32 dev;
+	__s32 ret;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct exec_stamp);
+} decided SEC(".maps");
+
 /* The gate's own working memory: it asks one question at a time. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -348,8 +371,14 @@ static __always_inline struct scratch *claim_scratch(void)
 {
 	struct scratch *s;
 
+	/* Unrolled, and the key apart from the counter: the 6.1 and 6.12
+	 * verifiers lose the counter once its address is passed to a helper
+	 * and call the loop infinite. */
+#pragma unroll
 	for (__u32 i = 0; i < SCRATCH_SLOTS; i++) {
-		s = bpf_map_lookup_elem(&scratch, &i);
+		__u32 key = i;
+
+		s = bpf_map_lookup_elem(&scratch, &key);
 		if (!s)
 			return NULL;
 		__sync_fetch_and_add(&s->claim, 1);
@@ -693,8 +722,19 @@ static __always_inline bool foreign_mntns(__u64 cgroup_id, __u64 bound_id, __u32
  * (HOW_GATE) acts only on denials: an exec it lets through is decided again,
  * counted and reported by exec_kill once it commits.
  */
-static __always_inline int decide(struct scratch *s, struct task_struct *task, struct file *file, int argc, enum how how)
+static __always_inline int stamp(struct exec_stamp *st, struct exec_stamp *id, int ret)
 {
+	if (st) {
+		id->ret = ret;
+		*st = *id;
+	}
+	return ret;
+}
+
+static __always_inline int decide(struct scratch *s, struct task_struct *task, struct file *file, int argc, enum how how,
+				  struct exec_stamp *id)
+{
+	struct exec_stamp *st = NULL;
 	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
 	struct binding bind, *found;
 	__u64 leaf_id, bound_id = 0;
@@ -711,11 +751,19 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 		return 0;
 	bind = *found;
 	leaf_id = BPF_CORE_READ(cg, kn, id);
+	if (id) { /* a twin program (see exec_stamp); only for bound tasks, so others pay nothing */
+		st = bpf_task_storage_get(&decided, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (st && st->exec_id == id->exec_id && st->ino == id->ino && st->dev == id->dev) {
+			count(STAT_TWIN_DECIDED);
+			/* after the commit the twin has already killed a denied exec */
+			return how == HOW_COMMITTED ? 0 : st->ret;
+		}
+	}
 
 	key = bpf_map_lookup_elem(&config, &zero);
 	if (!s || !key) { /* no working memory: Protect and unknown modes fail closed */
 		count(STAT_SCRATCH_BUSY);
-		return bind.mode != MODE_LEARN && bind.mode != MODE_MONITOR ? -EPERM : 0;
+		return stamp(st, id, bind.mode != MODE_LEARN && bind.mode != MODE_MONITOR ? -EPERM : 0);
 	}
 	ev = &s->ev;
 
@@ -738,7 +786,7 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 		count(STAT_UNTRUSTED);
 	if (allowed) {
 		count(STAT_ALLOWED);
-		return 0;
+		return stamp(st, id, 0);
 	}
 
 	ev->cgroup_id = leaf_id;
@@ -767,17 +815,24 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 	if (how == HOW_COMMITTED && action == ACTION_DENIED)
 		ev->flags |= KILLED;
 	emit(s, task, len, how);
-	return action == ACTION_DENIED ? -EPERM : 0;
+	return stamp(st, id, action == ACTION_DENIED ? -EPERM : 0);
 }
 
-static __always_inline int decide_current(struct linux_binprm *bprm, enum how how)
+static __always_inline int decide_current(struct linux_binprm *bprm, enum how how, bool twin)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file *file = BPF_CORE_READ(bprm, file);
+	struct exec_stamp id = {};
 	struct scratch *s = claim_scratch();
 	int ret;
 
+	if (twin) {
+		id.exec_id = BPF_CORE_READ(task, self_exec_id);
+		id.ino = BPF_CORE_READ(file, f_inode, i_ino);
+		id.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	}
 	/* decide() fails closed, and counts, on a NULL s */
-	ret = decide(s, task, BPF_CORE_READ(bprm, file), BPF_CORE_READ(bprm, argc), how);
+	ret = decide(s, task, file, BPF_CORE_READ(bprm, argc), how, twin ? &id : NULL);
 	if (s)
 		release_scratch(s);
 	return ret;
@@ -788,28 +843,52 @@ int BPF_PROG(execgate_lsm, struct linux_binprm *bprm, int ret)
 {
 	if (ret)
 		return ret; /* an earlier LSM program already denied */
-	return decide_current(bprm, HOW_SYSCALL);
+	return decide_current(bprm, HOW_SYSCALL, false);
 }
 
-SEC("fmod_ret/security_bprm_creds_for_exec")
-int BPF_PROG(execgate_fmod_ret, struct linux_binprm *bprm, int ret)
-{
-	if (ret)
-		return ret;
-	return decide_current(bprm, HOW_SYSCALL);
-}
+/*
+ * fmod_ret and tp_btf programs are tracing programs: the kernel skips one
+ * that is entered on a CPU where it is already running (the recursion guard,
+ * prog->active, counted as recursion misses), and LSM programs are exempt.
+ * On a kernel that preempts inside BPF programs (CONFIG_PREEMPT, and
+ * PREEMPT_LAZY as Debian's 7.2 builds) a task preempted mid-decision makes
+ * the next exec on that CPU skip the program: fmod_ret then returns the
+ * original 0 and exec_kill sends nothing, so the exec runs undecided. Where
+ * the kernel has task storage (5.11+) the agent attaches two copies, the _a
+ * and _b twins, each with its own guard: the first to run decides and
+ * stamps the exec, the other finds the stamp and returns the same verdict.
+ * An exec is undecided only if both copies are busy on its CPU at once.
+ * Kernels without task storage get the single program.
+ */
+#define FMOD_RET_PROG(name, twin)                                             \
+	SEC("fmod_ret/security_bprm_creds_for_exec")                          \
+	int BPF_PROG(name, struct linux_binprm *bprm, int ret)                \
+	{                                                                     \
+		if (ret)                                                      \
+			return ret;                                           \
+		return decide_current(bprm, HOW_SYSCALL, twin);               \
+	}
 
 /*
  * For a script bprm->file is now the interpreter: exec_kill checks the
  * binary that actually runs, lsm and fmod_ret check the file named by exec.
+ * bpf_send_signal: SIGKILL (5.3+), delivered before returning to user space.
  */
-SEC("tp_btf/sched_process_exec")
-int BPF_PROG(execgate_exec_kill, struct task_struct *p, int old_pid, struct linux_binprm *bprm)
-{
-	if (decide_current(bprm, HOW_COMMITTED) == -EPERM)
-		bpf_send_signal(9); /* SIGKILL: 5.3+; delivered before returning to user space */
-	return 0;
-}
+#define EXEC_KILL_PROG(name, twin)                                            \
+	SEC("tp_btf/sched_process_exec")                                      \
+	int BPF_PROG(name, struct task_struct *p, int old_pid, struct linux_binprm *bprm) \
+	{                                                                     \
+		if (decide_current(bprm, HOW_COMMITTED, twin) == -EPERM)      \
+			bpf_send_signal(9);                                   \
+		return 0;                                                     \
+	}
+
+FMOD_RET_PROG(execgate_fmod_ret, false)
+FMOD_RET_PROG(execgate_fmod_ret_a, true)
+FMOD_RET_PROG(execgate_fmod_ret_b, true)
+EXEC_KILL_PROG(execgate_exec_kill, false)
+EXEC_KILL_PROG(execgate_exec_kill_a, true)
+EXEC_KILL_PROG(execgate_exec_kill_b, true)
 
 extern struct task_struct *bpf_task_from_pid(__s32 pid) __ksym; /* 6.2+ */
 extern void bpf_task_release(struct task_struct *p) __ksym;
@@ -849,7 +928,7 @@ int execgate_gate(struct bpf_iter__task_file *ctx)
 	 * checks the binary that finally runs.
 	 */
 	if (!BPF_CORE_READ_BITFIELD_PROBED(task, in_execve))
-		v.verdict = decide(s, task, file, 0, HOW_GATE);
+		v.verdict = decide(s, task, file, 0, HOW_GATE, NULL);
 	if (v.verdict)
 		v.argv = (__u64)syscall_argv(task);
 	bpf_task_release(task);

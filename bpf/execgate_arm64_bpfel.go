@@ -37,7 +37,7 @@ const (
 
 type ExecgateCounters struct {
 	_     structs.HostLayout
-	Count [8]uint64
+	Count [9]uint64
 }
 
 type ExecgateEvent struct {
@@ -67,6 +67,14 @@ type ExecgateExactKey struct {
 	Slot uint32
 	Pad  uint32
 	Hash uint64
+}
+
+type ExecgateExecStamp struct {
+	_      structs.HostLayout
+	ExecId uint64
+	Ino    uint64
+	Dev    uint32
+	Ret    int32
 }
 
 type ExecgateGateRequest struct {
@@ -145,29 +153,35 @@ const (
 	ExecgateStatSTAT_DROPPED      ExecgateStat = 5
 	ExecgateStatSTAT_UNTRUSTED    ExecgateStat = 6
 	ExecgateStatSTAT_SCRATCH_BUSY ExecgateStat = 7
-	ExecgateStatSTAT_MAX          ExecgateStat = 8
+	ExecgateStatSTAT_TWIN_DECIDED ExecgateStat = 8
+	ExecgateStatSTAT_MAX          ExecgateStat = 9
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ExecgateMapBindings          = "bindings"
-	ExecgateMapConfig            = "config"
-	ExecgateMapEvents            = "events"
-	ExecgateMapExactRules        = "exact_rules"
-	ExecgateMapGateQuestion      = "gate_question"
-	ExecgateMapGateScratch       = "gate_scratch"
-	ExecgateMapMntnsPins         = "mntns_pins"
-	ExecgateMapPrefixRules       = "prefix_rules"
-	ExecgateMapScratch           = "scratch"
-	ExecgateMapStats             = "stats"
-	ExecgateProgExecgateExecKill = "execgate_exec_kill"
-	ExecgateProgExecgateFmodRet  = "execgate_fmod_ret"
-	ExecgateProgExecgateGate     = "execgate_gate"
-	ExecgateProgExecgateLsm      = "execgate_lsm"
-	ExecgateVarHaveTaskPtRegs    = "have_task_pt_regs"
-	ExecgateVarUnusedBtfAnchor   = "unused_btf_anchor"
+	ExecgateMapBindings           = "bindings"
+	ExecgateMapConfig             = "config"
+	ExecgateMapDecided            = "decided"
+	ExecgateMapEvents             = "events"
+	ExecgateMapExactRules         = "exact_rules"
+	ExecgateMapGateQuestion       = "gate_question"
+	ExecgateMapGateScratch        = "gate_scratch"
+	ExecgateMapMntnsPins          = "mntns_pins"
+	ExecgateMapPrefixRules        = "prefix_rules"
+	ExecgateMapScratch            = "scratch"
+	ExecgateMapStats              = "stats"
+	ExecgateProgExecgateExecKill  = "execgate_exec_kill"
+	ExecgateProgExecgateExecKillA = "execgate_exec_kill_a"
+	ExecgateProgExecgateExecKillB = "execgate_exec_kill_b"
+	ExecgateProgExecgateFmodRet   = "execgate_fmod_ret"
+	ExecgateProgExecgateFmodRetA  = "execgate_fmod_ret_a"
+	ExecgateProgExecgateFmodRetB  = "execgate_fmod_ret_b"
+	ExecgateProgExecgateGate      = "execgate_gate"
+	ExecgateProgExecgateLsm       = "execgate_lsm"
+	ExecgateVarHaveTaskPtRegs     = "have_task_pt_regs"
+	ExecgateVarUnusedBtfAnchor    = "unused_btf_anchor"
 )
 
 // LoadExecgate returns the embedded CollectionSpec for Execgate.
@@ -212,10 +226,14 @@ type ExecgateSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ExecgateProgramSpecs struct {
-	ExecgateExecKill *ebpf.ProgramSpec `ebpf:"execgate_exec_kill"`
-	ExecgateFmodRet  *ebpf.ProgramSpec `ebpf:"execgate_fmod_ret"`
-	ExecgateGate     *ebpf.ProgramSpec `ebpf:"execgate_gate"`
-	ExecgateLsm      *ebpf.ProgramSpec `ebpf:"execgate_lsm"`
+	ExecgateExecKill  *ebpf.ProgramSpec `ebpf:"execgate_exec_kill"`
+	ExecgateExecKillA *ebpf.ProgramSpec `ebpf:"execgate_exec_kill_a"`
+	ExecgateExecKillB *ebpf.ProgramSpec `ebpf:"execgate_exec_kill_b"`
+	ExecgateFmodRet   *ebpf.ProgramSpec `ebpf:"execgate_fmod_ret"`
+	ExecgateFmodRetA  *ebpf.ProgramSpec `ebpf:"execgate_fmod_ret_a"`
+	ExecgateFmodRetB  *ebpf.ProgramSpec `ebpf:"execgate_fmod_ret_b"`
+	ExecgateGate      *ebpf.ProgramSpec `ebpf:"execgate_gate"`
+	ExecgateLsm       *ebpf.ProgramSpec `ebpf:"execgate_lsm"`
 }
 
 // ExecgateMapSpecs contains maps before they are loaded into the kernel.
@@ -224,6 +242,7 @@ type ExecgateProgramSpecs struct {
 type ExecgateMapSpecs struct {
 	Bindings     *ebpf.MapSpec `ebpf:"bindings"`
 	Config       *ebpf.MapSpec `ebpf:"config"`
+	Decided      *ebpf.MapSpec `ebpf:"decided"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	ExactRules   *ebpf.MapSpec `ebpf:"exact_rules"`
 	GateQuestion *ebpf.MapSpec `ebpf:"gate_question"`
@@ -264,6 +283,7 @@ func (o *ExecgateObjects) Close() error {
 type ExecgateMaps struct {
 	Bindings     *ebpf.Map `ebpf:"bindings"`
 	Config       *ebpf.Map `ebpf:"config"`
+	Decided      *ebpf.Map `ebpf:"decided"`
 	Events       *ebpf.Map `ebpf:"events"`
 	ExactRules   *ebpf.Map `ebpf:"exact_rules"`
 	GateQuestion *ebpf.Map `ebpf:"gate_question"`
@@ -278,6 +298,7 @@ func (m *ExecgateMaps) Close() error {
 	return _ExecgateClose(
 		m.Bindings,
 		m.Config,
+		m.Decided,
 		m.Events,
 		m.ExactRules,
 		m.GateQuestion,
@@ -301,16 +322,24 @@ type ExecgateVariables struct {
 //
 // It can be passed to LoadExecgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ExecgatePrograms struct {
-	ExecgateExecKill *ebpf.Program `ebpf:"execgate_exec_kill"`
-	ExecgateFmodRet  *ebpf.Program `ebpf:"execgate_fmod_ret"`
-	ExecgateGate     *ebpf.Program `ebpf:"execgate_gate"`
-	ExecgateLsm      *ebpf.Program `ebpf:"execgate_lsm"`
+	ExecgateExecKill  *ebpf.Program `ebpf:"execgate_exec_kill"`
+	ExecgateExecKillA *ebpf.Program `ebpf:"execgate_exec_kill_a"`
+	ExecgateExecKillB *ebpf.Program `ebpf:"execgate_exec_kill_b"`
+	ExecgateFmodRet   *ebpf.Program `ebpf:"execgate_fmod_ret"`
+	ExecgateFmodRetA  *ebpf.Program `ebpf:"execgate_fmod_ret_a"`
+	ExecgateFmodRetB  *ebpf.Program `ebpf:"execgate_fmod_ret_b"`
+	ExecgateGate      *ebpf.Program `ebpf:"execgate_gate"`
+	ExecgateLsm       *ebpf.Program `ebpf:"execgate_lsm"`
 }
 
 func (p *ExecgatePrograms) Close() error {
 	return _ExecgateClose(
 		p.ExecgateExecKill,
+		p.ExecgateExecKillA,
+		p.ExecgateExecKillB,
 		p.ExecgateFmodRet,
+		p.ExecgateFmodRetA,
+		p.ExecgateFmodRetB,
 		p.ExecgateGate,
 		p.ExecgateLsm,
 	)

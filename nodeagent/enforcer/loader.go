@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -148,6 +150,7 @@ var pinned = []string{
 const (
 	linkPin     = "link"
 	linkPinNext = "link_next" // bpffs refuses dots in names
+	linkPinTwin = "link_b"    // the second twin program's link
 	slotInfoMap = "slot_info"
 )
 
@@ -169,7 +172,8 @@ type Enforcer struct {
 	slotInfo *ebpf.Map
 	grace    *ebpf.Map // ARRAY_OF_MAPS: updating it waits for an RCU grace period
 	graceIn  *ebpf.Map
-	lnk      link.Link
+	links    []link.Link // one per program in progs, attach order
+	progs    []string    // the programs hooked: one, or twins (see twinPrograms)
 	key      bpf.ExecgateSiphashKey
 	adopted  bool
 	gate     *gateSupervisor // fanotify mode only
@@ -323,7 +327,7 @@ func (e *Enforcer) load() error {
 			return nil
 		}
 		e.closeFDs()
-		e.coll, e.lnk, e.slotInfo, e.grace, e.graceIn = nil, nil, nil, nil, nil
+		e.coll, e.links, e.progs, e.slotInfo, e.grace, e.graceIn = nil, nil, nil, nil, nil, nil
 		errs = append(errs, fmt.Errorf("%s: %w", mode, err))
 		if i+1 < len(modes) {
 			e.refuse(mode, err, modes[i+1])
@@ -370,19 +374,51 @@ var programFor = map[AttachMode]string{
 	AttachFanotify: bpf.ExecgateProgExecgateExecKill,
 }
 
+// twinPrograms replace a tracing mode's single program where the kernel
+// has task storage: the kernel skips a tracing program entered on a CPU
+// where it already runs (a preempted exec), so two copies with their own
+// guards decide each exec, the second from the first's stamp (see
+// exec_stamp in the program). LSM programs have no such guard.
+var twinPrograms = map[AttachMode][]string{
+	AttachFmodRet:  {bpf.ExecgateProgExecgateFmodRetA, bpf.ExecgateProgExecgateFmodRetB},
+	AttachExecKill: {bpf.ExecgateProgExecgateExecKillA, bpf.ExecgateProgExecgateExecKillB},
+	AttachFanotify: {bpf.ExecgateProgExecgateExecKillA, bpf.ExecgateProgExecgateExecKillB},
+}
+
+// linkPins name the pinned link of each program in attach order.
+var linkPins = []string{linkPin, linkPinTwin}
+
 func (e *Enforcer) loadMode(mode AttachMode) error {
 	if err := modeAvailable(mode); err != nil {
 		return err
 	}
+	if twins := twinPrograms[mode]; twins != nil {
+		err := features.HaveMapType(ebpf.TaskStorage)
+		if err == nil {
+			if err = e.loadPrograms(mode, twins); err == nil {
+				return nil
+			}
+			e.closeFDs()
+			e.coll, e.links, e.progs, e.slotInfo, e.grace, e.graceIn = nil, nil, nil, nil, nil, nil
+		}
+		e.log.Warn("one copy of the exec program: an exec that preempts another inside it on the same CPU is not decided (counted as skipped)",
+			zap.String("mode", string(mode)), zap.String("reason", "twin programs need task storage: "+refusalReason(err)))
+	}
+	return e.loadPrograms(mode, []string{programFor[mode]})
+}
+
+func (e *Enforcer) loadPrograms(mode AttachMode, progs []string) error {
 	spec, err := bpf.LoadExecgate()
 	if err != nil {
 		return fmt.Errorf("load program spec: %w", err)
 	}
-	keep := programFor[mode]
 	for name := range spec.Programs {
-		if name != keep && (mode != AttachFanotify || name != bpf.ExecgateProgExecgateGate) {
+		if !slices.Contains(progs, name) && (mode != AttachFanotify || name != bpf.ExecgateProgExecgateGate) {
 			delete(spec.Programs, name)
 		}
+	}
+	if len(progs) == 1 { // only twins stamp: a kernel before 5.11 cannot create the map
+		delete(spec.Maps, bpf.ExecgateMapDecided)
 	}
 	if err := spec.Variables[bpf.ExecgateVarHaveTaskPtRegs].Set(e.argv && mode != AttachExecKill); err != nil {
 		return fmt.Errorf("set have_task_pt_regs: %w", err)
@@ -437,7 +473,21 @@ func (e *Enforcer) loadMode(mode AttachMode) error {
 		return err
 	}
 	// The key must be in the map before the program can run.
-	return e.attachProgram(mode, coll.Programs[keep])
+	e.progs = progs
+	for i, name := range progs {
+		l, err := e.attachProgram(mode, coll.Programs[name], linkPins[i])
+		if err != nil {
+			return err
+		}
+		e.links = append(e.links, l)
+	}
+	if len(progs) == 1 && e.cfg.PinDir != "" { // a twin an earlier agent left
+		if l, err := link.LoadPinnedLink(filepath.Join(e.cfg.PinDir, linkPinTwin), nil); err == nil {
+			_ = l.Unpin()
+			l.Close()
+		}
+	}
+	return nil
 }
 
 // adoptPinnedSize keeps the size of an already pinned map, so a changed flag
@@ -539,22 +589,21 @@ func (e *Enforcer) loadKey(m *ebpf.Map) error {
 // attachProgram hooks prog, or keeps the pinned link when it already runs
 // the same program. When it does not, the new link is attached before the
 // old one is dropped: both consult the same maps, so there is no gap.
-func (e *Enforcer) attachProgram(mode AttachMode, prog *ebpf.Program) error {
+func (e *Enforcer) attachProgram(mode AttachMode, prog *ebpf.Program, pin string) (link.Link, error) {
 	var old link.Link
 	if e.cfg.PinDir != "" {
-		l, err := link.LoadPinnedLink(filepath.Join(e.cfg.PinDir, linkPin), nil)
+		l, err := link.LoadPinnedLink(filepath.Join(e.cfg.PinDir, pin), nil)
 		switch {
 		case err == nil:
 			old = l
 			e.adopted = true
 		case errors.Is(err, os.ErrNotExist):
 		default:
-			return fmt.Errorf("load pinned link: %w", err)
+			return nil, fmt.Errorf("load pinned link: %w", err)
 		}
 	}
 	if old != nil && sameProgram(old, prog) {
-		e.lnk = old
-		return nil
+		return old, nil
 	}
 	var (
 		l   link.Link
@@ -572,28 +621,28 @@ func (e *Enforcer) attachProgram(mode AttachMode, prog *ebpf.Program) error {
 		if old != nil {
 			old.Close()
 		}
-		return fmt.Errorf("attach %s: %w", mode, err)
+		return nil, fmt.Errorf("attach %s: %w", mode, err)
 	}
 	if e.cfg.PinDir != "" {
-		next := filepath.Join(e.cfg.PinDir, linkPinNext)
+		next := filepath.Join(e.cfg.PinDir, pin+"_next")
 		_ = os.Remove(next)
 		if err := l.Pin(next); err != nil {
 			l.Close()
 			if old != nil {
 				old.Close()
 			}
-			return fmt.Errorf("pin link: %w", err)
+			return nil, fmt.Errorf("pin link: %w", err)
 		}
 		if old != nil {
 			_ = old.Unpin()
 			old.Close()
 		}
-		if err := os.Rename(next, filepath.Join(e.cfg.PinDir, linkPin)); err != nil {
-			return fmt.Errorf("rename pinned link: %w", err)
+		if err := os.Rename(next, filepath.Join(e.cfg.PinDir, pin)); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("rename pinned link: %w", err)
 		}
 	}
-	e.lnk = l
-	return nil
+	return l, nil
 }
 
 func sameProgram(l link.Link, prog *ebpf.Program) bool {
@@ -715,11 +764,14 @@ func Cleanup(dir string) error {
 	if err != nil {
 		return fmt.Errorf("read pin directory: %w", err)
 	}
-	var links []link.ID
-	for _, name := range []string{linkPin, linkPinNext} {
+	// A link's last reference drops at once, but the kernel detaches it
+	// from a workqueue later, and only then puts its program: so wait for
+	// the programs to go, not the links.
+	var progs []ebpf.ProgramID
+	for _, name := range []string{linkPin, linkPinNext, linkPinTwin, linkPinTwin + "_next"} {
 		if l, err := link.LoadPinnedLink(filepath.Join(dir, name), nil); err == nil {
 			if info, err := l.Info(); err == nil {
-				links = append(links, info.ID)
+				progs = append(progs, info.Program)
 			}
 			l.Close()
 		}
@@ -734,15 +786,15 @@ func Cleanup(dir string) error {
 		errs = append(errs, err)
 	}
 	deadline := time.Now().Add(cleanupWait)
-	for _, id := range links {
+	for _, id := range progs {
 		for {
-			l, err := link.NewFromID(id)
+			p, err := ebpf.NewProgramFromID(id)
 			if err != nil {
 				break // freed (ErrNotExist), or not ours to see any more
 			}
-			l.Close()
+			p.Close()
 			if time.Now().After(deadline) {
-				errs = append(errs, fmt.Errorf("link %d of the exec program is still attached %s after its pins were removed: another process holds it", id, cleanupWait))
+				errs = append(errs, fmt.Errorf("exec program %d is still loaded %s after its pins were removed: another process holds it", id, cleanupWait))
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
@@ -768,8 +820,8 @@ func (e *Enforcer) Close() error {
 }
 
 func (e *Enforcer) closeFDs() {
-	if e.lnk != nil {
-		e.lnk.Close()
+	for _, l := range e.links {
+		l.Close()
 	}
 	for _, m := range []*ebpf.Map{e.slotInfo, e.grace, e.graceIn} {
 		if m != nil {

@@ -28,7 +28,9 @@ type Stats struct {
 	Maps       []MapStats
 	// Counters are the program's own: checked, allowed, learned, reported,
 	// denied, dropped (ring buffer full), untrusted (no trustworthy path),
-	// scratch-busy (decided closed for want of working memory).
+	// scratch-busy (decided closed for want of working memory),
+	// twin-decided (the second copy reused the first's verdict) and
+	// skipped (at most this many execs ran undecided: see Stats).
 	Counters  map[string]uint64
 	UserDrops uint64 // decoded events the consumer was too slow for
 }
@@ -44,6 +46,8 @@ var counterNames = [...]string{
 	// every scratch slot of a CPU held by preempted decisions: decided
 	// closed without an event (see SCRATCH_SLOTS in the program)
 	bpf.ExecgateStatSTAT_SCRATCH_BUSY: "scratch-busy",
+	// the second twin found the first's verdict (see twinPrograms)
+	bpf.ExecgateStatSTAT_TWIN_DECIDED: "twin-decided",
 }
 
 // Stats reads map sizes and the program's counters.
@@ -97,10 +101,20 @@ func (e *Enforcer) Stats() (Stats, error) {
 	// The kernel skips a tracing program (fmod_ret, tp_btf; never lsm)
 	// when the same program is already running on the CPU: on a
 	// preemptible kernel, an exec that preempts another exec inside the
-	// program runs unchecked. Only the kernel can count those (5.12+).
+	// program. Only the kernel counts those (5.12+). With twins an exec
+	// goes undecided only when both skip it, so the smaller count bounds
+	// the undecided execs from above.
 	if e.coll != nil {
-		if prog := e.coll.Programs[programFor[e.attach]]; prog != nil {
-			if ps, err := prog.Stats(); err == nil {
+		for i, name := range e.progs {
+			prog := e.coll.Programs[name]
+			if prog == nil {
+				continue
+			}
+			ps, err := prog.Stats()
+			if err != nil {
+				break
+			}
+			if i == 0 || ps.RecursionMisses < st.Counters["skipped"] {
 				st.Counters["skipped"] = ps.RecursionMisses
 			}
 		}

@@ -14,7 +14,8 @@ generate-bpf:
 # System packages a fresh Debian machine lacks. Only installs what is missing.
 deps:
 	@missing=""; \
-	for p in clang:clang llvm-strip:llvm bpftool:bpftool protoc:protobuf-compiler ip:iproute2; do \
+	for p in clang:clang llvm-strip:llvm bpftool:bpftool protoc:protobuf-compiler ip:iproute2 \
+		qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm cpio:cpio dpkg-deb:dpkg; do \
 		command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; \
 	done; \
 	[ -f /usr/include/bpf/bpf_helpers.h ] || missing="$$missing libbpf-dev"; \
@@ -41,4 +42,5 @@ test:
 	stage "verify-generated" $(MAKE) --no-print-directory verify-generated; \
 	stage "vet" $(GO) vet ./...; \
 	stage "go test" $(GO) test $(GOTEST_FLAGS) ./...; \
+	stage "kernel matrix (test/kernels/matrix, CI subsets)" $(MAKE) --no-print-directory kernels-ci; \
 	stage "fuzz ($(CI_FUZZTIME) per target)" $(MAKE) --no-print-directory fuzz FUZZTIME=$(CI_FUZZTIME)

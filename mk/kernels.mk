@@ -1,0 +1,21 @@
+# The kernel matrix (test/kernels/matrix): every Debian kernel row booted
+# under qemu (software emulation) runs the enforcer suite and the agent's
+# BPF tests. Packages are fetched through a private apt configuration and
+# cached in $(KERNELS_BUILD) between runs.
+KERNELS_BUILD ?= $(CURDIR)/.build/kernels
+# Two VMs at once on the 2-core machine: the suite waits on execs more than
+# it computes, so the pair finishes sooner than one after the other.
+KERNELS_PARALLEL ?= 2
+KERNELS_ROWS ?=
+KERNELS_RUN := $(GO) run ./test/kernels/cmd/execgate-kernels -build $(KERNELS_BUILD) -parallel $(KERNELS_PARALLEL) \
+	$(if $(KERNELS_ROWS),-rows $(KERNELS_ROWS))
+
+.PHONY: kernels kernels-ci
+# The whole suite on every row; records test/kernels/results.json and
+# regenerates the README's kernel table from it.
+kernels: deps
+	$(KERNELS_RUN) -results test/kernels/results.json -readme README.md
+
+# What `make test` runs: each row's CI subset (the matrix's last column).
+kernels-ci: deps
+	$(KERNELS_RUN) -ci

@@ -19,3 +19,14 @@ kernels: deps
 # What `make test` runs: each row's CI subset (the matrix's last column).
 kernels-ci: deps
 	$(KERNELS_RUN) -ci
+
+# The node benchmarks inside the 6.12 row's VM, the one place the lsm and
+# fmod_ret programs can be timed (this machine's kernel refuses trampolines).
+# Under software emulation only the ratios carry: each mode against the
+# no-program baseline and against exec_kill, timed in the same VM run.
+BENCH_VM_ROW ?= 6.12
+BENCH_VM_ARGS ?= -samples 1600 -kernel-samples 800
+.PHONY: bench-vm
+bench-vm: deps
+	$(GO) run ./test/kernels/cmd/execgate-kernels -build $(KERNELS_BUILD) -rows $(BENCH_VM_ROW) -timeout 90m \
+		-bench-out benchmarks/results/vm-$(BENCH_VM_ROW) -bench-args "$(BENCH_VM_ARGS)"

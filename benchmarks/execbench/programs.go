@@ -27,15 +27,17 @@ type Programs struct {
 // Allowed lists what a benchmark policy must allow for ExecLoop to run Exit0.
 func (p Programs) Allowed() []string { return []string{p.ExecLoop, p.Exit0} }
 
+// PrebuiltEnv names a directory holding exit0 and execloop built earlier
+// (a VM without a C compiler gets them from its host): BuildPrograms then
+// copies them instead of compiling.
+const PrebuiltEnv = "EXECGATE_BENCH_PROGRAMS"
+
 // BuildPrograms compiles the programs into dir with the C compiler named by
-// $CC, else cc, else clang. Both are static: no dynamic loader runs, and
-// nothing outside dir is exec'd while timing.
+// $CC, else cc, else clang (or copies them from $EXECGATE_BENCH_PROGRAMS).
+// Both are static: no dynamic loader runs, and nothing outside dir is exec'd
+// while timing.
 func BuildPrograms(dir string) (Programs, error) {
-	cc, err := compiler()
-	if err != nil {
-		return Programs{}, err
-	}
-	dir, err = filepath.EvalSymlinks(dir)
+	dir, err := filepath.EvalSymlinks(dir)
 	if err != nil {
 		return Programs{}, fmt.Errorf("resolve program directory: %w", err)
 	}
@@ -43,6 +45,18 @@ func BuildPrograms(dir string) (Programs, error) {
 		Exit0:    filepath.Join(dir, "exit0"),
 		ExecLoop: filepath.Join(dir, "execloop"),
 		Denied:   filepath.Join(dir, "exit0-not-allowed"),
+	}
+	if pre := os.Getenv(PrebuiltEnv); pre != "" {
+		for _, out := range []string{p.Exit0, p.ExecLoop} {
+			if err := copyProgram(filepath.Join(pre, filepath.Base(out)), out); err != nil {
+				return Programs{}, fmt.Errorf("prebuilt programs ($%s): %w", PrebuiltEnv, err)
+			}
+		}
+		return p, writeDenied(p)
+	}
+	cc, err := compiler()
+	if err != nil {
+		return Programs{}, err
 	}
 	builds := []struct {
 		out, name string
@@ -65,14 +79,23 @@ func BuildPrograms(dir string) (Programs, error) {
 			return Programs{}, fmt.Errorf("compile %s with %s (static linking needs libc6-dev): %w: %s", b.name, cc, err, stderr.String())
 		}
 	}
-	raw, err := os.ReadFile(p.Exit0)
+	return p, writeDenied(p)
+}
+
+// writeDenied writes the copy of exit0 that no policy allows.
+func writeDenied(p Programs) error {
+	if err := copyProgram(p.Exit0, p.Denied); err != nil {
+		return fmt.Errorf("write the not-allowed copy: %w", err)
+	}
+	return nil
+}
+
+func copyProgram(from, to string) error {
+	raw, err := os.ReadFile(from)
 	if err != nil {
-		return Programs{}, fmt.Errorf("read exit0: %w", err)
+		return err
 	}
-	if err := os.WriteFile(p.Denied, raw, 0o755); err != nil {
-		return Programs{}, fmt.Errorf("write the not-allowed copy: %w", err)
-	}
-	return p, nil
+	return os.WriteFile(to, raw, 0o755)
 }
 
 func compiler() (string, error) {

@@ -48,6 +48,9 @@ type Machine struct {
 	LoadAvgStart  string // /proc/loadavg: other work on the machine
 	LoadAvgEnd    string
 	GoVersion     string
+	// Emulation names the emulator when the run is inside one (the kernel
+	// matrix's VMs set EXECGATE_BENCH_EMULATION): only ratios carry then.
+	Emulation string `json:",omitempty"`
 }
 
 // HookLink is one BPF link attached to an exec hook.

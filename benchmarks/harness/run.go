@@ -225,8 +225,12 @@ func makePods() (top string, enforced, other podCgroups, err error) {
 	return top, enforced, other, err
 }
 
+// EmulationEnv names the emulator the run is inside, for the report.
+const EmulationEnv = "EXECGATE_BENCH_EMULATION"
+
 func readMachine() Machine {
-	m := Machine{OnlineCPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadAvgStart: loadAvg()}
+	m := Machine{OnlineCPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadAvgStart: loadAvg(),
+		Emulation: os.Getenv(EmulationEnv)}
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {
 		m.Kernel = "Linux " + unix.ByteSliceToString(u.Release[:]) + " " + unix.ByteSliceToString(u.Machine[:])

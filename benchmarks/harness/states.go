@@ -62,23 +62,23 @@ func (m *meter) ours(ctx context.Context, mode enforcer.AttachMode, n int) (err 
 		return err
 	}
 	e.Close()
-	prog, err := takeOverProgram(dir)
+	progs, err := takeOverPrograms(dir)
 	if err != nil {
 		return err
 	}
-	defer prog.Close()
+	defer closeAll(progs)
 	count, closeCounters, err := pinnedCounters(dir)
 	if err != nil {
 		return err
 	}
 	defer closeCounters()
-	var h hooks = &ownLink{prog: prog, mode: mode}
+	var h hooks = &ownLink{progs: progs, mode: mode}
 	if mode == enforcer.AttachFanotify {
 		h = &gateHooks{dir: dir, n: n}
 	}
 	defer h.detach()
 	return m.measure(ctx, state{
-		impl: ImplExecgate, mode: string(mode), policies: n, programs: []*ebpf.Program{prog},
+		impl: ImplExecgate, mode: string(mode), policies: n, programs: progs,
 		loadPerPolicy: loadPer, kernelBytes: execbench.MapBytes(st), denies: mode.Denies(),
 	}, h, count)
 }
@@ -87,10 +87,10 @@ func (m *meter) ours(ctx context.Context, mode enforcer.AttachMode, n int) (err 
 // attaches the program and starts its gate, and goes away again, its link
 // unpinned. The gate is part of the cost: every exec on the node waits for it.
 type gateHooks struct {
-	dir  string
-	n    int
-	e    *enforcer.Enforcer
-	prog *ebpf.Program // the attached exec program, for run-time statistics
+	dir   string
+	n     int
+	e     *enforcer.Enforcer
+	progs []*ebpf.Program // the attached exec programs (twins), for run-time statistics
 }
 
 func (g *gateHooks) attach() error {
@@ -101,12 +101,12 @@ func (g *gateHooks) attach() error {
 	if err != nil {
 		return fmt.Errorf("start enforcer (fanotify): %w", err)
 	}
-	prog, err := pinnedProgram(g.dir, false) // stays attached
+	progs, err := pinnedPrograms(g.dir, false) // stay attached
 	if err != nil {
 		e.Close()
 		return err
 	}
-	g.e, g.prog = e, prog
+	g.e, g.progs = e, progs
 	return nil
 }
 
@@ -116,62 +116,63 @@ func (g *gateHooks) detach() error {
 	}
 	g.e.Close()
 	g.e = nil
-	if g.prog != nil {
-		g.prog.Close()
-		g.prog = nil
-	}
-	prog, err := takeOverProgram(g.dir) // unpin: the program leaves the hook
-	if prog != nil {
-		prog.Close()
-	}
+	closeAll(g.progs)
+	g.progs = nil
+	progs, err := takeOverPrograms(g.dir) // unpin: the programs leave the hook
+	closeAll(progs)
 	return err
 }
 
 // programs are the state's programs while attached (they change with each
 // enforcer): the exec program; the gate's iterator program is not counted.
 func (g *gateHooks) programs() []*ebpf.Program {
-	if g.prog == nil {
-		return nil
-	}
-	return []*ebpf.Program{g.prog}
+	return g.progs
 }
 
-// takeOverProgram unpins the link of a closed enforcer's pin directory,
-// which takes the program off the hook, and returns the program.
-func takeOverProgram(dir string) (*ebpf.Program, error) { return pinnedProgram(dir, true) }
+// takeOverPrograms unpins the links of a closed enforcer's pin directory,
+// which takes its programs off the hook, and returns the programs.
+func takeOverPrograms(dir string) ([]*ebpf.Program, error) { return pinnedPrograms(dir, true) }
 
-// pinnedProgram returns the program of dir's pinned link; unpin also removes
-// the link's pin (its program leaves the hook once no one holds the link).
-func pinnedProgram(dir string, unpin bool) (*ebpf.Program, error) {
+// pinnedPrograms returns the programs of dir's pinned links, in pin name
+// order (link, link_b: the enforcer's attach order); unpin also removes the
+// links' pins (a program leaves the hook once no one holds its link).
+func pinnedPrograms(dir string, unpin bool) ([]*ebpf.Program, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read pins: %w", err)
 	}
-	var prog *ebpf.Program
+	var progs []*ebpf.Program
 	for _, ent := range entries {
 		l, err := link.LoadPinnedLink(filepath.Join(dir, ent.Name()), nil)
 		if err != nil {
 			continue // a map
 		}
 		info, err := l.Info()
-		if err == nil && prog == nil {
-			prog, err = ebpf.NewProgramFromID(info.Program)
+		if err == nil {
+			var prog *ebpf.Program
+			if prog, err = ebpf.NewProgramFromID(info.Program); err == nil {
+				progs = append(progs, prog)
+			}
 		}
 		if err == nil && unpin {
 			err = l.Unpin()
 		}
 		l.Close()
 		if err != nil {
-			if prog != nil {
-				prog.Close()
-			}
+			closeAll(progs)
 			return nil, fmt.Errorf("take over the pinned link %s: %w", ent.Name(), err)
 		}
 	}
-	if prog == nil {
+	if len(progs) == 0 {
 		return nil, fmt.Errorf("no pinned link in %s", dir)
 	}
-	return prog, nil
+	return progs, nil
+}
+
+func closeAll(progs []*ebpf.Program) {
+	for _, p := range progs {
+		p.Close()
+	}
 }
 
 // pinnedCounters reads execgate's per-CPU counters from the pinned map.
@@ -194,43 +195,47 @@ func pinnedCounters(dir string) (counters, func(), error) {
 	return read, func() { mp.Close() }, nil
 }
 
-// ownLink attaches execgate's program the way the enforcer does.
+// ownLink attaches execgate's programs (one, or the two twins) the way the
+// enforcer does, in the same order.
 type ownLink struct {
-	prog *ebpf.Program
-	mode enforcer.AttachMode
-	lnk  link.Link
+	progs []*ebpf.Program
+	mode  enforcer.AttachMode
+	lnks  []link.Link
 }
 
 func (o *ownLink) attach() error {
-	if o.lnk != nil {
+	if o.lnks != nil {
 		return nil
 	}
-	var (
-		l   link.Link
-		err error
-	)
-	switch o.mode {
-	case enforcer.AttachLSM:
-		l, err = link.AttachLSM(link.LSMOptions{Program: o.prog})
-	case enforcer.AttachFmodRet:
-		l, err = link.AttachTracing(link.TracingOptions{Program: o.prog, AttachType: ebpf.AttachModifyReturn})
-	default:
-		l, err = link.AttachTracing(link.TracingOptions{Program: o.prog})
+	for _, prog := range o.progs {
+		var (
+			l   link.Link
+			err error
+		)
+		switch o.mode {
+		case enforcer.AttachLSM:
+			l, err = link.AttachLSM(link.LSMOptions{Program: prog})
+		case enforcer.AttachFmodRet:
+			l, err = link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachModifyReturn})
+		default:
+			l, err = link.AttachTracing(link.TracingOptions{Program: prog})
+		}
+		if err != nil {
+			_ = o.detach()
+			return fmt.Errorf("attach execgate (%s): %w", o.mode, err)
+		}
+		o.lnks = append(o.lnks, l)
 	}
-	if err != nil {
-		return fmt.Errorf("attach execgate (%s): %w", o.mode, err)
-	}
-	o.lnk = l
 	return nil
 }
 
 func (o *ownLink) detach() error {
-	if o.lnk == nil {
-		return nil
+	var errs []error
+	for _, l := range o.lnks {
+		errs = append(errs, l.Close())
 	}
-	err := o.lnk.Close()
-	o.lnk = nil
-	return err
+	o.lnks = nil
+	return errors.Join(errs...)
 }
 
 // peerSet attaches and detaches every program of a peer state.

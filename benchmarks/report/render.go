@@ -60,6 +60,9 @@ func Summary(res *harness.Results, command string) string {
 	}
 	fmt.Fprintf(&b, ", %s RAM, %s; run took %s.\n", bytes(float64(m.MemTotalBytes)), m.GoVersion, res.Finished.Sub(res.Started).Round(1e9))
 	fmt.Fprintf(&b, "Load average at start %s, at end %s (other work shares this machine: absolute times are noisy; each ratio is against a no-program baseline timed between the rounds of the same state).\n", m.LoadAvgStart, m.LoadAvgEnd)
+	if m.Emulation != "" {
+		fmt.Fprintf(&b, "**Inside %s: absolute figures are those of the emulator, not of a real CPU; only the ratios, each against a baseline or an exec_kill state timed in the same run, carry over.**\n", m.Emulation)
+	}
 	fmt.Fprintf(&b, "Command: `%s`.\n", command)
 	return b.String()
 }

@@ -79,6 +79,7 @@ func execRows(res *harness.Results) []Row {
 		Absolute:  fmt.Sprintf("median %s, p99 %s (%s execs, all baselines)", dur(np.Median), dur(np.P99), count(np.N)),
 		Reference: fmt.Sprintf("10,000 × `date`: %s per exec", ns(tetragonExecNoPolicyNs)),
 	}}
+	killNs := execKillKernelNs(res)
 	for _, g := range groups(res) {
 		item := "1"
 		if g.impl == harness.ImplPeer {
@@ -89,12 +90,34 @@ func execRows(res *harness.Results) []Row {
 			continue
 		}
 		for _, r := range g.results {
-			rows = append(rows, execRow(item, res, r))
+			row := execRow(item, res, r)
+			if k, ok := killNs[killKey{r.Policies, r.Cgroup}]; ok && r.Impl == harness.ImplExecgate && r.Mode != "exec_kill" && r.KernelNsPerExec > 0 && k > 0 {
+				row.Ratio += fmt.Sprintf("; in-kernel %s of exec_kill's", ratio(r.KernelNsPerExec/k))
+			}
+			rows = append(rows, row)
 		}
 		rows = append(rows, growthRows(item, g)...)
 	}
 	rows = append(rows, peerStopRows(res)...)
 	return rows
+}
+
+type killKey struct {
+	policies int
+	cgroup   harness.CgroupKind
+}
+
+// execKillKernelNs is execgate's exec_kill in-kernel cost per state of the
+// same run: the other modes are compared with it, so that a run whose
+// absolute times mean little (an emulator) still says how the modes compare.
+func execKillKernelNs(res *harness.Results) map[killKey]float64 {
+	out := map[killKey]float64{}
+	for _, r := range res.Exec {
+		if r.Impl == harness.ImplExecgate && r.Mode == "exec_kill" && r.Skipped == "" {
+			out[killKey{r.Policies, r.Cgroup}] = r.KernelNsPerExec
+		}
+	}
+	return out
 }
 
 func implName(impl harness.Implementation, mode string, policies int) string {

@@ -257,7 +257,10 @@ func deniedAs(mode AttachMode, out string, err error) bool {
 // exec_kill program still stops what it would have denied (by SIGKILL), and
 // the supervisor brings the gate back, with EPERM again.
 func TestGateCrashFailsSafe(t *testing.T) {
-	cg, gate := gateProtected(t)
+	cg, gate, ok := gateProtected(t)
+	if !ok {
+		return
+	}
 	out, err := cg.Run("/usr/bin/id")
 	assertDenied(t, AttachFanotify, out, err)
 	if err := gate.Kill(); err != nil {
@@ -292,7 +295,10 @@ func TestGateCrashFailsSafe(t *testing.T) {
 // waiting for it is let through by the kernel once the agent's watchdog kills
 // the silent gate, exec_kill denies it, and the restarted gate answers again.
 func TestGateHangIsBounded(t *testing.T) {
-	cg, gate := gateProtected(t)
+	cg, gate, ok := gateProtected(t)
+	if !ok {
+		return
+	}
 	if err := gate.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -344,14 +350,14 @@ func TestGateNeverWaitsForTheAgent(t *testing.T) {
 
 // gateProtected is a fanotify-mode enforcer with a cgroup in Protect mode that
 // may run /usr/bin/true, and the gate's process.
-func gateProtected(t *testing.T) (*testenv.Cgroup, *os.Process) {
+func gateProtected(t *testing.T) (*testenv.Cgroup, *os.Process, bool) {
 	t.Helper()
 	testenv.RequireBPF(t)
-	if err := GateAvailable(); err != nil {
-		testenv.Need(t, "EXECGATE_REQUIRE_BPF", err.Error())
+	if !requireAttachMode(t, AttachFanotify) { // a matrix row that must refuse it: checked
+		return nil, nil, false
 	}
 	e, cg := protected(t, AttachFanotify, ModeProtect, "/usr/bin/true")
 	e.gate.mu.Lock()
 	defer e.gate.mu.Unlock()
-	return cg, e.gate.cmd.Process
+	return cg, e.gate.cmd.Process, true
 }

@@ -106,6 +106,22 @@ func BuildBase(a *Apt, pkgs []Package, bins []TestBinary, stage, out string) err
 // kernel and LSM list, run each test binary and print its exit code, power off.
 func InitScript(row Row, env map[string]string, bins []TestBinary) string {
 	var s strings.Builder
+	s.WriteString(initPreamble(env))
+	for _, b := range bins {
+		run := ""
+		if b.Run != "" {
+			run = fmt.Sprintf(" '-test.run=%s'", b.Run)
+		}
+		fmt.Fprintf(&s, "echo VMSTART %[1]s\n/tests/%[1]s.test -test.v -test.count=1 -test.timeout=40m%[2]s\necho \"VMRESULT %[1]s exit=$?\"\n", b.Name, run)
+	}
+	s.WriteString("echo VMDONE\n$B sync\n$B poweroff -f\n")
+	return s.String()
+}
+
+// initPreamble mounts what the tests need, exports env, prints the kernel
+// and LSM list and enters /tmp.
+func initPreamble(env map[string]string) string {
+	var s strings.Builder
 	s.WriteString(`#!/bin/busybox sh
 B=/bin/busybox
 $B mount -t proc proc /proc
@@ -126,20 +142,13 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp
 echo "VMLSM $($B cat /sys/kernel/security/lsm)"
 cd /tmp
 `)
-	for _, b := range bins {
-		run := ""
-		if b.Run != "" {
-			run = fmt.Sprintf(" '-test.run=%s'", b.Run)
-		}
-		fmt.Fprintf(&s, "echo VMSTART %[1]s\n/tests/%[1]s.test -test.v -test.count=1 -test.timeout=40m%[2]s\necho \"VMRESULT %[1]s exit=$?\"\n", b.Name, run)
-	}
-	s.WriteString("echo VMDONE\n$B sync\n$B poweroff -f\n")
 	return s.String()
 }
 
-// BuildRow writes base followed by a second archive holding the row's /init:
-// the kernel unpacks concatenated archives in order.
-func BuildRow(base, stage, out, init string) error {
+// BuildRow writes base followed by a second archive holding the row's /init
+// and files (path in the VM → path on the host): the kernel unpacks
+// concatenated archives in order.
+func BuildRow(base, stage, out, init string, files map[string]string) error {
 	if err := os.RemoveAll(stage); err != nil {
 		return err
 	}
@@ -148,6 +157,15 @@ func BuildRow(base, stage, out, init string) error {
 	}
 	if err := os.WriteFile(filepath.Join(stage, "init"), []byte(init), 0o755); err != nil {
 		return err
+	}
+	for dst, src := range files {
+		to := filepath.Join(stage, dst)
+		if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+			return err
+		}
+		if err := copyFile(src, to, 0o755); err != nil {
+			return err
+		}
 	}
 	if err := copyFile(base, out, 0o644); err != nil {
 		return err

@@ -57,49 +57,67 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	}
 	apt := NewApt(cfg.BuildDir, cfg.Log)
 	var pkgs []Package
-	arches := map[string]bool{}
+	var arches []string // in the order rows name them: the first row's VMs start first
 	for _, r := range rows {
 		pkgs = append(pkgs, r.Kernel)
-		arches[r.Kernel.Arch] = true
+		if !slices.Contains(arches, r.Kernel.Arch) {
+			arches = append(arches, r.Kernel.Arch)
+		}
 	}
-	for arch := range arches {
+	for _, arch := range arches {
 		pkgs = append(pkgs, m.Userland[arch]...)
 	}
 	if err := apt.Fetch(m.Suites(), pkgs); err != nil {
 		return nil, err
 	}
-	bases := map[string]string{}
-	bins := map[string][]TestBinary{}
-	for arch := range arches {
-		t0 := time.Now()
-		b, err := buildTests(cfg, arch)
-		if err != nil {
-			return nil, err
-		}
-		bins[arch] = b
-		base := filepath.Join(cfg.BuildDir, "initramfs", arch+".cpio")
-		if err := BuildBase(apt, m.Userland[arch], b, filepath.Join(cfg.BuildDir, "initramfs", arch), base); err != nil {
-			return nil, fmt.Errorf("initramfs for %s: %w", arch, err)
-		}
-		bases[arch] = base
-		cfg.Log("built %s test binaries and initramfs in %s", arch, time.Since(t0).Round(time.Second))
+	// One architecture is built at a time, and a row's VM starts as soon as
+	// its own architecture is ready: the amd64 rows run while arm64 builds.
+	builds := map[string]*archBuild{}
+	for _, arch := range arches {
+		builds[arch] = &archBuild{ready: make(chan struct{})}
 	}
+	go func() {
+		for _, arch := range arches {
+			b := builds[arch]
+			t0 := time.Now()
+			b.bins, b.base, b.err = buildArch(cfg, apt, m, arch)
+			if b.err == nil {
+				cfg.Log("built %s test binaries and initramfs in %s", arch, time.Since(t0).Round(time.Second))
+			}
+			close(b.ready)
+		}
+	}()
 	results := make([]Result, len(rows))
-	sem := make(chan struct{}, max(cfg.Parallel, 1))
+	// Workers take rows in the matrix's order (arm64 rows come last, as
+	// their build does).
+	next := make(chan int)
+	go func() {
+		for i := range rows {
+			next <- i
+		}
+		close(next)
+	}()
 	var wg sync.WaitGroup
-	for i, row := range rows {
+	for range max(cfg.Parallel, 1) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			results[i] = runRow(ctx, cfg, apt, row, bases[row.Kernel.Arch], bins[row.Kernel.Arch])
-			r := &results[i]
-			state := "PASS"
-			if !r.Passed() {
-				state = "FAIL: " + r.Problem
+			for i := range next {
+				row := rows[i]
+				b := builds[row.Kernel.Arch]
+				<-b.ready
+				if b.err != nil {
+					results[i] = Result{Row: row.Name, Arch: row.Kernel.Arch, Problem: b.err.Error()}
+				} else {
+					results[i] = runRow(ctx, cfg, apt, row, b.base, b.bins)
+				}
+				r := &results[i]
+				state := "PASS"
+				if !r.Passed() {
+					state = "FAIL: " + r.Problem
+				}
+				cfg.Log("row %s (%s, %s) %s in %ds; log %s", r.Row, r.Arch, r.Kernel, state, r.Seconds, r.Log)
 			}
-			cfg.Log("row %s (%s, %s) %s in %ds; log %s", r.Row, r.Arch, r.Kernel, state, r.Seconds, r.Log)
 		}()
 	}
 	wg.Wait()
@@ -116,6 +134,27 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		return results, fmt.Errorf("kernel matrix rows failed: %s", strings.Join(failed, ", "))
 	}
 	return results, nil
+}
+
+// archBuild is one architecture's test binaries and base initramfs; ready
+// closes when they are built or failed.
+type archBuild struct {
+	ready chan struct{}
+	bins  []TestBinary
+	base  string
+	err   error
+}
+
+func buildArch(cfg Config, apt *Apt, m *Matrix, arch string) ([]TestBinary, string, error) {
+	bins, err := buildTests(cfg, arch)
+	if err != nil {
+		return nil, "", err
+	}
+	base := filepath.Join(cfg.BuildDir, "initramfs", arch+".cpio")
+	if err := BuildBase(apt, m.Userland[arch], bins, filepath.Join(cfg.BuildDir, "initramfs", arch), base); err != nil {
+		return nil, "", fmt.Errorf("initramfs for %s: %w", arch, err)
+	}
+	return bins, base, nil
 }
 
 func runRow(ctx context.Context, cfg Config, apt *Apt, row Row, base string, bins []TestBinary) Result {
@@ -142,7 +181,7 @@ func runRow(ctx context.Context, cfg Config, apt *Apt, row Row, base string, bin
 		"EXECGATE_KERNEL_ROW":          row.Name,
 	}
 	initrd := filepath.Join(cfg.BuildDir, "initramfs", row.Name+".cpio")
-	if err := BuildRow(base, filepath.Join(cfg.BuildDir, "initramfs", "row-"+row.Name), initrd, InitScript(row, env, rowBins)); err != nil {
+	if err := BuildRow(base, filepath.Join(cfg.BuildDir, "initramfs", "row-"+row.Name), initrd, InitScript(row, env, rowBins), nil); err != nil {
 		return fail(err)
 	}
 	if err := os.MkdirAll(filepath.Join(cfg.BuildDir, "logs"), 0o755); err != nil {

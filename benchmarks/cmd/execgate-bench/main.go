@@ -36,6 +36,7 @@ func main() {
 	flag.StringVar(&cfg.outDir, "out", "benchmarks/results", "directory for RESULTS.md, results.json and the plots")
 	flag.BoolVar(&quick, "quick", false, "small sizes: checks the harness, numbers not worth quoting")
 	samples := flag.Int("samples", 0, "timed execs per pod and state (0: the preset's)")
+	kernelSamples := flag.Int("kernel-samples", 0, "execs per pod timed with BPF run-time statistics (0: the preset's)")
 	flag.StringVar(&cfg.render, "render", "", "re-render the table, RESULTS.md and plots from this results.json; measures nothing")
 	withControlPlane := flag.Bool("control-plane", true, "also measure items 4-6 through a real kube-apiserver, kube-scheduler, webhook and agents")
 	flag.Parse()
@@ -51,6 +52,9 @@ func main() {
 	}
 	if *samples > 0 {
 		cfg.bench.Samples = *samples
+	}
+	if *kernelSamples > 0 {
+		cfg.bench.KernelSamples = *kernelSamples
 	}
 	cfg.bench.Progress = os.Stderr
 	cfg.command = strings.Join(append([]string{"go run ./benchmarks/cmd/execgate-bench"}, os.Args[1:]...), " ")

@@ -29,14 +29,28 @@ func main() {
 	flag.DurationVar(&cfg.Timeout, "timeout", 45*time.Minute, "per-row limit")
 	flag.StringVar(&results, "results", "", "also merge the results into this file (make kernels: test/kernels/results.json)")
 	flag.StringVar(&readme, "readme", "", "regenerate the kernel table in this README from -results")
+	var bench kernels.Bench
+	var benchArgs string
+	flag.StringVar(&bench.Out, "bench-out", "", "instead of the tests, run execgate-bench in the one row of -rows and write its results here")
+	flag.StringVar(&benchArgs, "bench-args", "", "execgate-bench flags for -bench-out (sizes)")
 	flag.Parse()
+	if bench.Out != "" {
+		bench.Row, bench.Args = rows, strings.Fields(benchArgs)
+		rows = ""
+	}
 	if rows != "" {
 		cfg.Rows = strings.Split(rows, ",")
 	}
 	cfg.Log = log.New(os.Stderr, "kernels: ", log.Ltime).Printf
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, cfg, results, readme); err != nil {
+	var err error
+	if bench.Out != "" {
+		err = kernels.RunBench(ctx, cfg, bench)
+	} else {
+		err = run(ctx, cfg, results, readme)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "kernels:", err)
 		os.Exit(1)
 	}

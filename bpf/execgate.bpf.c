@@ -722,19 +722,9 @@ static __always_inline bool foreign_mntns(__u64 cgroup_id, __u64 bound_id, __u32
  * (HOW_GATE) acts only on denials: an exec it lets through is decided again,
  * counted and reported by exec_kill once it commits.
  */
-static __always_inline int stamp(struct exec_stamp *st, struct exec_stamp *id, int ret)
-{
-	if (st) {
-		id->ret = ret;
-		*st = *id;
-	}
-	return ret;
-}
-
 static __always_inline int decide(struct scratch *s, struct task_struct *task, struct file *file, int argc, enum how how,
-				  struct exec_stamp *id)
+				  bool *bound)
 {
-	struct exec_stamp *st = NULL;
 	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
 	struct binding bind, *found;
 	__u64 leaf_id, bound_id = 0;
@@ -750,20 +740,13 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 	if (!found)
 		return 0;
 	bind = *found;
+	*bound = true;
 	leaf_id = BPF_CORE_READ(cg, kn, id);
-	if (id) { /* a twin program (see exec_stamp); only for bound tasks, so others pay nothing */
-		st = bpf_task_storage_get(&decided, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-		if (st && st->exec_id == id->exec_id && st->ino == id->ino && st->dev == id->dev) {
-			count(STAT_TWIN_DECIDED);
-			/* after the commit the twin has already killed a denied exec */
-			return how == HOW_COMMITTED ? 0 : st->ret;
-		}
-	}
 
 	key = bpf_map_lookup_elem(&config, &zero);
 	if (!s || !key) { /* no working memory: Protect and unknown modes fail closed */
 		count(STAT_SCRATCH_BUSY);
-		return stamp(st, id, bind.mode != MODE_LEARN && bind.mode != MODE_MONITOR ? -EPERM : 0);
+		return bind.mode != MODE_LEARN && bind.mode != MODE_MONITOR ? -EPERM : 0;
 	}
 	ev = &s->ev;
 
@@ -786,7 +769,7 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 		count(STAT_UNTRUSTED);
 	if (allowed) {
 		count(STAT_ALLOWED);
-		return stamp(st, id, 0);
+		return 0;
 	}
 
 	ev->cgroup_id = leaf_id;
@@ -815,26 +798,47 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 	if (how == HOW_COMMITTED && action == ACTION_DENIED)
 		ev->flags |= KILLED;
 	emit(s, task, len, how);
-	return stamp(st, id, action == ACTION_DENIED ? -EPERM : 0);
+	return action == ACTION_DENIED ? -EPERM : 0;
 }
 
+/*
+ * A twin (see exec_stamp) first looks for its sibling's verdict on this very
+ * exec, and stamps its own after deciding. Both steps stay outside decide(),
+ * so the verifier walks decide() once, as for a single program. Only a bound
+ * task gets storage: for any other the lookup finds none at once.
+ */
 static __always_inline int decide_current(struct linux_binprm *bprm, enum how how, bool twin)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct file *file = BPF_CORE_READ(bprm, file);
-	struct exec_stamp id = {};
-	struct scratch *s = claim_scratch();
+	struct exec_stamp id = {}, *st;
+	struct scratch *s;
+	bool bound = false;
 	int ret;
 
 	if (twin) {
 		id.exec_id = BPF_CORE_READ(task, self_exec_id);
 		id.ino = BPF_CORE_READ(file, f_inode, i_ino);
 		id.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+		st = bpf_task_storage_get(&decided, bpf_get_current_task_btf(), 0, 0);
+		if (st && st->exec_id == id.exec_id && st->ino == id.ino && st->dev == id.dev) {
+			count(STAT_TWIN_DECIDED);
+			/* after the commit the twin has already killed a denied exec */
+			return how == HOW_COMMITTED ? 0 : st->ret;
+		}
 	}
+	s = claim_scratch();
 	/* decide() fails closed, and counts, on a NULL s */
-	ret = decide(s, task, file, BPF_CORE_READ(bprm, argc), how, twin ? &id : NULL);
+	ret = decide(s, task, file, BPF_CORE_READ(bprm, argc), how, &bound);
 	if (s)
 		release_scratch(s);
+	if (twin && bound) {
+		st = bpf_task_storage_get(&decided, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (st) {
+			id.ret = ret;
+			*st = id;
+		}
+	}
 	return ret;
 }
 
@@ -908,6 +912,7 @@ int execgate_gate(struct bpf_iter__task_file *ctx)
 	struct gate_request *rq;
 	struct task_struct *task;
 	struct scratch *s;
+	bool bound = false; /* unused: the gate keeps no stamp */
 	__u32 zero = 0, len;
 
 	rq = bpf_map_lookup_elem(&gate_question, &zero);
@@ -928,7 +933,7 @@ int execgate_gate(struct bpf_iter__task_file *ctx)
 	 * checks the binary that finally runs.
 	 */
 	if (!BPF_CORE_READ_BITFIELD_PROBED(task, in_execve))
-		v.verdict = decide(s, task, file, 0, HOW_GATE, NULL);
+		v.verdict = decide(s, task, file, 0, HOW_GATE, &bound);
 	if (v.verdict)
 		v.argv = (__u64)syscall_argv(task);
 	bpf_task_release(task);

@@ -35,6 +35,7 @@ type slotState struct {
 type policyState struct {
 	key     PolicyKey
 	version uint64
+	digest  string // "" when adopted from pinned maps: the content is not recorded there
 	mode    Mode
 	slots   map[string]uint32 // container name ("" = union) -> slot
 }
@@ -44,9 +45,13 @@ type bindingState struct {
 	container string
 }
 
-// PutPolicy loads a policy version. A version not newer than the loaded one
-// is a no-op (applied=false): late or repeated pushes never roll back. For a
-// loaded policy every bound cgroup switches to the new version atomically.
+// PutPolicy loads a policy version. An older version, or the loaded version
+// with the loaded digest, is a no-op (applied=false): late or repeated pushes
+// never roll back. The loaded version with another digest replaces the
+// loaded content: the same generation can only differ when one sender had
+// part of it (or the loaded one was adopted, digest unknown), and ignoring
+// it would keep the part. For a loaded policy every bound cgroup switches to
+// the new content atomically.
 func (e *Enforcer) PutPolicy(p PolicyVersion) (applied bool, err error) {
 	if err := p.Validate(); err != nil {
 		return false, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -55,7 +60,7 @@ func (e *Enforcer) PutPolicy(p PolicyVersion) (applied bool, err error) {
 	defer e.mu.Unlock()
 
 	cur := e.policies[p.Key]
-	if cur != nil && p.Version <= cur.version {
+	if cur != nil && (p.Version < cur.version || (p.Version == cur.version && p.Digest == cur.digest)) {
 		return false, nil
 	}
 	next, err := e.buildSlots(p)
@@ -107,7 +112,7 @@ func (e *Enforcer) buildSlots(p PolicyVersion) (*policyState, error) {
 	if len(e.slots)+len(names) > int(e.slotInfo.MaxEntries()) {
 		return nil, fmt.Errorf("%w: %d allowlist slots in use", ErrCapacity, len(e.slots))
 	}
-	ps := &policyState{key: p.Key, version: p.Version, mode: p.Mode, slots: map[string]uint32{}}
+	ps := &policyState{key: p.Key, version: p.Version, digest: p.Digest, mode: p.Mode, slots: map[string]uint32{}}
 	for _, name := range names {
 		s := &slotState{id: e.allocSlot(), meta: slotMeta{key: p.Key, version: p.Version, mode: p.Mode, container: name}}
 		if err := e.writeSlot(s, compiled[name]); err != nil {
@@ -384,6 +389,7 @@ func (e *Enforcer) Bindings() []Binding {
 type LoadedPolicy struct {
 	Key     PolicyKey
 	Version uint64
+	Digest  string
 	Mode    Mode
 	Slots   int
 	Entries int
@@ -395,7 +401,7 @@ func (e *Enforcer) Policies() []LoadedPolicy {
 	defer e.mu.Unlock()
 	out := make([]LoadedPolicy, 0, len(e.policies))
 	for _, ps := range e.policies {
-		lp := LoadedPolicy{Key: ps.key, Version: ps.version, Mode: ps.mode, Slots: len(ps.slots)}
+		lp := LoadedPolicy{Key: ps.key, Version: ps.version, Digest: ps.digest, Mode: ps.mode, Slots: len(ps.slots)}
 		for _, id := range ps.slots {
 			if s := e.slots[id]; s != nil {
 				lp.Entries += len(s.exact) + len(s.prefix)
@@ -405,6 +411,16 @@ func (e *Enforcer) Policies() []LoadedPolicy {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out
+}
+
+// PolicyDigestOf reports the digest of the loaded version of key.
+func (e *Enforcer) PolicyDigestOf(key PolicyKey) (string, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if ps := e.policies[key]; ps != nil {
+		return ps.digest, true
+	}
+	return "", false
 }
 
 // PolicyVersionOf reports the loaded version of key.

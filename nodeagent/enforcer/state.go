@@ -49,9 +49,10 @@ type bindingState struct {
 // with the loaded digest, is a no-op (applied=false): late or repeated pushes
 // never roll back. The loaded version with another digest replaces the
 // loaded content: the same generation can only differ when one sender had
-// part of it (or the loaded one was adopted, digest unknown), and ignoring
-// it would keep the part. For a loaded policy every bound cgroup switches to
-// the new content atomically.
+// part of it, and ignoring it would keep the part. A version adopted from
+// the pins has no digest: the first one pushed is taken without a swap when
+// the kernel maps hold exactly its content, else it replaces them. For a
+// loaded policy every bound cgroup switches to the new content atomically.
 func (e *Enforcer) PutPolicy(p PolicyVersion) (applied bool, err error) {
 	if err := p.Validate(); err != nil {
 		return false, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -61,6 +62,12 @@ func (e *Enforcer) PutPolicy(p PolicyVersion) (applied bool, err error) {
 
 	cur := e.policies[p.Key]
 	if cur != nil && (p.Version < cur.version || (p.Version == cur.version && p.Digest == cur.digest)) {
+		return false, nil
+	}
+	if cur != nil && p.Version == cur.version && cur.digest == "" && e.holdsLocked(cur, p) {
+		// Adopted after a restart (pins record no digest) and the kernel already
+		// holds exactly this content: it is this digest, nothing to swap.
+		cur.digest = p.Digest
 		return false, nil
 	}
 	next, err := e.buildSlots(p)
@@ -80,6 +87,41 @@ func (e *Enforcer) PutPolicy(p PolicyVersion) (applied bool, err error) {
 	}
 	e.policies[p.Key] = next
 	return true, nil
+}
+
+// holdsLocked reports whether the loaded slots of cur are exactly p's content: the same
+// mode, the same slots by container, and in each the same entries, compared by the keys
+// the kernel maps hold (the paths themselves are not pinned, their keyed hashes are).
+func (e *Enforcer) holdsLocked(cur *policyState, p PolicyVersion) bool {
+	compiled := compileSlots(p)
+	if cur.mode != p.Mode || len(compiled) != len(cur.slots) {
+		return false
+	}
+	for name, c := range compiled {
+		s := e.slots[cur.slots[name]]
+		if s == nil || len(s.exact) != len(c.exact) || len(s.prefix) != len(c.prefixes) {
+			return false
+		}
+		exact := make(map[bpf.ExecgateExactKey]bool, len(s.exact))
+		for _, k := range s.exact {
+			exact[k] = true
+		}
+		for _, path := range c.exact {
+			if !exact[bpf.ExecgateExactKey{Slot: s.id, Hash: e.hashPath(path)}] {
+				return false
+			}
+		}
+		prefix := make(map[bpf.ExecgatePrefixKey]bool, len(s.prefix))
+		for _, k := range s.prefix {
+			prefix[k] = true
+		}
+		for _, path := range c.prefixes {
+			if !prefix[prefixKey(s.id, path)] {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // ErrInvalid wraps every validation error.

@@ -114,14 +114,21 @@ func (p *Policy) Digest() string { return Digest(p.Mode, p.RulesByContainer) }
 // second falls back to AnyContainer), and so do their digests.
 func Digest(mode Mode, rules map[string][]string) string {
 	h := sha256.New()
+	buf := make([]byte, 0, 32<<10) // hashed in chunks: one Write per path costs more than the hash
 	field := func(s string) {
-		h.Write([]byte(s))
-		h.Write([]byte{0})
+		if len(buf)+len(s)+1 > cap(buf) {
+			h.Write(buf)
+			buf = buf[:0]
+		}
+		buf = append(append(buf, s...), 0)
 	}
 	field("execgate.io/policy-digest/v1")
 	field(mode.String())
 	for _, name := range slices.Sorted(maps.Keys(rules)) {
-		paths := slices.Compact(slices.Sorted(slices.Values(rules[name])))
+		paths := rules[name]
+		if !sortedUnique(paths) { // what the agent's validation hands over already is
+			paths = slices.Compact(slices.Sorted(slices.Values(paths)))
+		}
 		field("container")
 		field(name)
 		field(strconv.Itoa(len(paths)))
@@ -129,7 +136,17 @@ func Digest(mode Mode, rules map[string][]string) string {
 			field(p)
 		}
 	}
+	h.Write(buf)
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+}
+
+func sortedUnique(s []string) bool {
+	for i := 1; i < len(s); i++ {
+		if s[i-1] >= s[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // Entries is the number of rules in the policy, over all containers.

@@ -58,7 +58,13 @@ const (
 type AgentEventStream struct {
 	Nodes  AgentNodes
 	Agents AgentClients
-	// Sinks receive every event. Add to it before Start (Learn registers here).
+	// Origin checks each event against the node whose stream it came on; an event it
+	// refuses reaches no sink and is counted in
+	// execgate_controller_agent_events_dropped_total. Required: a node must not speak
+	// for pods it does not run (issue 14).
+	Origin EventVerifier
+	// Sinks receive every event Origin accepts. Add to it before Start (Learn registers
+	// here).
 	Sinks []ExecEventSink
 	// Filter is sent to every agent; nil streams all events and each sink keeps what
 	// it wants.
@@ -73,8 +79,8 @@ func (s *AgentEventStream) NeedLeaderElection() bool { return true }
 
 // Start implements manager.Runnable: it streams until ctx ends.
 func (s *AgentEventStream) Start(ctx context.Context) error {
-	if s.Nodes == nil || s.Agents == nil {
-		return errors.New("agent event stream: Nodes and Agents are required")
+	if s.Nodes == nil || s.Agents == nil || s.Origin == nil {
+		return errors.New("agent event stream: Nodes, Agents and Origin are required")
 	}
 	cfg := *s // the fields are read once, here
 	cfg.Sinks = slices.Clone(s.Sinks)
@@ -170,6 +176,7 @@ func (s *AgentEventStream) watchOnce(ctx context.Context, node string) (received
 	}
 	agentEventStreams.Inc()
 	defer agentEventStreams.Dec()
+	warned := map[DropReason]bool{} // the first drop of each reason per stream is a warning
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
@@ -179,6 +186,18 @@ func (s *AgentEventStream) watchOnce(ctx context.Context, node string) (received
 		// The connection, not the message, says which node an event comes from.
 		ev.Node = node
 		ev.Count = max(ev.Count, 1)
+		if reason, detail := s.Origin.VerifyEvent(ctx, node, ev); reason != "" {
+			agentEventsDropped.WithLabelValues(node, string(reason)).Inc()
+			log := s.Log.Debug
+			if !warned[reason] {
+				warned[reason] = true
+				log = s.Log.Warn
+			}
+			log("exec event dropped: it cannot be true for the node that sent it", zap.String("node", node), zap.String("reason", string(reason)),
+				zap.String("detail", detail), zap.String("namespace", ev.GetNamespace()), zap.String("pod", ev.GetPod()),
+				zap.String("policy", ev.GetPolicy()), zap.String("action", ev.GetAction().String()))
+			continue
+		}
 		for _, sink := range s.Sinks {
 			sink.HandleExecEvent(ctx, ev)
 		}

@@ -64,6 +64,14 @@ func (b *eventSource) emit(t *testing.T, ev *agentv1.ExecEvent) {
 	}
 }
 
+// acceptingOrigin accepts every event: for tests of the stream's transport and of the
+// sinks, whose events are not about real pods. TestForgedEventsDropped tests EventOrigin.
+type acceptingOrigin struct{}
+
+func (acceptingOrigin) VerifyEvent(context.Context, string, *agentv1.ExecEvent) (DropReason, string) {
+	return "", ""
+}
+
 // sinkFunc adapts a function to ExecEventSink.
 type sinkFunc func(ctx context.Context, ev *agentv1.ExecEvent)
 
@@ -103,7 +111,7 @@ func TestAgentEventStreamReconnects(t *testing.T) {
 	for i := range 2 {
 		sinks = append(sinks, sinkFunc(func(_ context.Context, ev *agentv1.ExecEvent) { got <- received{i, ev} }))
 	}
-	stream := &AgentEventStream{Nodes: dir, Agents: pool, Sinks: sinks,
+	stream := &AgentEventStream{Nodes: dir, Agents: pool, Origin: acceptingOrigin{}, Sinks: sinks,
 		Resync: 50 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Log: zaptest.NewLogger(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

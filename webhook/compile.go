@@ -6,14 +6,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/execgate/execgate/api/v1alpha1"
+	"github.com/execgate/execgate/nodeagent/podpolicy"
 	agentv1 "github.com/execgate/execgate/proto/execgate/agent/v1"
 )
 
-// CompilePodPolicy builds the request that puts policy in force for pod on node. The
-// policy's "*" key is expanded per container (the agent accepts only container names); a
-// container matching no key gets no entry, which the agent reads as "may execute nothing".
-// It fails if the policy does not validate: the agent would refuse it anyway, and the error
-// names the field to fix.
+// CompilePodPolicy builds the request that puts policy in force for pod on node. It
+// carries the whole policy, every RulesByContainer key ("*" included), whatever
+// containers the pod has, and its content digest: the agent loads one version per node
+// and binds each container to its own rules, so the second pod sharing the policy on a
+// node finds its containers' rules loaded, and the agent's own watch of the API server
+// loads the identical version (issue 14). It fails if the policy does not validate: the
+// agent would refuse it anyway, and the error names the field to fix.
 func CompilePodPolicy(pod *corev1.Pod, node string, policy *v1alpha1.WorkloadPolicy, requestID string) (*agentv1.ApplyPodPolicyRequest, error) {
 	if err := policy.Validate(); err != nil {
 		return nil, fmt.Errorf("policy %s/%s is invalid: %w", policy.Namespace, policy.Name, err)
@@ -27,12 +30,14 @@ func CompilePodPolicy(pod *corev1.Pod, node string, policy *v1alpha1.WorkloadPol
 	}
 	names := containerNames(pod)
 	containers := make([]*agentv1.Container, 0, len(names))
-	rules := make(map[string]*agentv1.Rules, len(names))
 	for _, name := range names {
 		containers = append(containers, &agentv1.Container{Name: name, ContainerId: containerID(pod, name)})
-		if r, ok := policy.Spec.RulesByContainer.For(name); ok {
-			rules[name] = &agentv1.Rules{Executables: append([]string(nil), r.Executables...)}
-		}
+	}
+	rules := make(map[string]*agentv1.Rules, len(policy.Spec.RulesByContainer))
+	paths := make(map[string][]string, len(policy.Spec.RulesByContainer))
+	for key, r := range policy.Spec.RulesByContainer {
+		rules[key] = &agentv1.Rules{Executables: append([]string(nil), r.Executables...)}
+		paths[key] = r.Executables
 	}
 	return &agentv1.ApplyPodPolicyRequest{
 		Pod: &agentv1.Pod{
@@ -50,6 +55,7 @@ func CompilePodPolicy(pod *corev1.Pod, node string, policy *v1alpha1.WorkloadPol
 			Generation:       uint64(policy.Generation),
 			Mode:             mode,
 			RulesByContainer: rules,
+			Digest:           podpolicy.Digest(podpolicy.Mode(mode), paths),
 		},
 		RequestId: requestID,
 	}, nil

@@ -15,8 +15,12 @@
 //     a node's endpoint changes).
 //   - PolicyReconciler (leader-elected) and the controller's Prometheus metrics.
 //   - AgentEventStream (leader only): one WatchEvents stream per agent, reopened with
-//     backoff, handing every event to each ExecEventSink. A sink must return quickly and
-//     must not modify the event, which all sinks share.
+//     backoff, handing every event its Origin accepts to each ExecEventSink. A sink must
+//     return quickly and must not modify the event, which all sinks share.
+//   - EventOrigin, the Origin the controller wires: an event reaches the sinks only if the
+//     pod it names runs on the node whose stream carried it, under the policy it names, in
+//     that policy's mode; others are dropped and counted (a node must not speak for pods
+//     it does not run).
 //   - ViolationEvents, a sink: Monitor and Protect violations as Warning Events on the pod,
 //     one Event per series (pod, container, executable, action) whose count it raises at
 //     most once per window, with writes rate-limited. It writes Events and nothing else.

@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -190,11 +191,10 @@ func TestBindingHandler(t *testing.T) {
 				if got.Policy.Name != "web" || got.Policy.UID != "web-uid" || got.Policy.Version != 3 || got.Policy.Mode.String() == "" {
 					t.Errorf("policy = %+v", got.Policy)
 				}
-				want := map[string][]string{"app": {"/usr/bin/app"}, "sidecar": {"/bin/"}, "init": {"/bin/"}}
-				for c, rules := range want {
-					if !slices.Equal(got.Policy.RulesByContainer[c], rules) {
-						t.Errorf("rules[%s] = %v, want %v", c, got.Policy.RulesByContainer[c], rules)
-					}
+				// The whole policy: the agent picks sidecar's and init's rules ("*").
+				want := map[string][]string{"app": {"/usr/bin/app"}, "*": {"/bin/"}}
+				if !maps.EqualFunc(got.Policy.RulesByContainer, want, slices.Equal) {
+					t.Errorf("rules = %v, want %v", got.Policy.RulesByContainer, want)
 				}
 				if got.RequestID != "req-web-1" {
 					t.Errorf("request id %q", got.RequestID)

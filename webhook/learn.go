@@ -87,6 +87,9 @@ func init() {
 // the status subresource needs a request of its own), retrying on conflict. An event
 // that adds nothing to a proposal costs no write. It runs on the leader only.
 //
+// It trusts the events it gets to be about pods of the node that sent them, in Learn
+// mode: AgentEventStream's Origin checked that before handing them over.
+//
 // Concurrency: mu guards the buffer, which the agent streams' goroutines fill; every
 // other field is used by the flush alone, which runs on Start's goroutine.
 type ProposalLearner struct {

@@ -172,7 +172,8 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	// Events, Learn events merge into one WorkloadPolicyProposal per workload.
 	violations := &ViolationEvents{Client: mgr.GetClient(), Log: log.Named("violations")}
 	learner := &ProposalLearner{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Log: log.Named("learn")}
-	agentEvents := &AgentEventStream{Nodes: directory, Agents: pool, Sinks: []ExecEventSink{violations, learner}, Log: log.Named("agent-events")}
+	agentEvents := &AgentEventStream{Nodes: directory, Agents: pool, Origin: &EventOrigin{Reader: mgr.GetClient()},
+		Sinks: []ExecEventSink{violations, learner}, Log: log.Named("agent-events")}
 	if err := errors.Join(mgr.Add(violations), mgr.Add(learner), mgr.Add(agentEvents)); err != nil {
 		return fmt.Errorf("agent event stream: %w", err)
 	}

@@ -103,7 +103,7 @@ func TestE2EViolationEventsAggregateBurst(t *testing.T) {
 	t.Cleanup(pool.Close)
 	sink := &ViolationEvents{Client: cl, Window: window, Log: zaptest.NewLogger(t)}
 	stream := &AgentEventStream{Nodes: NewStaticAgentDirectory(map[string]string{"node-a": addr}), Agents: pool,
-		Sinks: []ExecEventSink{sink}, Log: zaptest.NewLogger(t)}
+		Origin: acceptingOrigin{}, Sinks: []ExecEventSink{sink}, Log: zaptest.NewLogger(t)}
 	rctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{}, 2)
 	for _, r := range []interface{ Start(context.Context) error }{sink, stream} {

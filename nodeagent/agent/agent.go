@@ -228,10 +228,17 @@ func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (ap
 			return false, 0, kernelError(fmt.Errorf("replace recreated policy %s: %w", pv.Key, err))
 		}
 	}
-	_, existed := a.enf.PolicyVersionOf(pv.Key)
+	curVersion, existed := a.enf.PolicyVersionOf(pv.Key)
+	curDigest, _ := a.enf.PolicyDigestOf(pv.Key)
 	putApplied, err := a.enf.PutPolicy(pv)
 	if err != nil {
 		return false, 0, kernelError(fmt.Errorf("load policy %s version %d: %w", pv.Key, pv.Version, err))
+	}
+	if putApplied && existed && curVersion == pv.Version && curDigest != "" {
+		a.metrics.contentReplaced(pp.Policy.Namespace, string(pv.Key))
+		a.log.Warn("policy generation pushed again with other content; the pushed content replaced the loaded one",
+			zap.String("policy", string(pv.Key)), zap.Uint64("version", pv.Version), zap.String("loaded_digest", curDigest),
+			zap.String("digest", pv.Digest), zap.String("request_id", pp.RequestID))
 	}
 	loaded, _ = a.enf.PolicyVersionOf(pv.Key)
 	if pp.Policy.UID != "" {
@@ -576,7 +583,7 @@ func (a *Agent) Status(ctx context.Context) (*agentv1.AgentStatus, error) {
 		ns, name, _ := strings.Cut(string(lp.Key), "/")
 		out.Policies = append(out.Policies, &agentv1.PolicyStatus{
 			Namespace: ns, Name: name, Version: lp.Version, Mode: agentv1.Mode(lp.Mode),
-			Slots: uint32(lp.Slots), Entries: uint64(lp.Entries),
+			Slots: uint32(lp.Slots), Entries: uint64(lp.Entries), Digest: lp.Digest,
 		})
 	}
 	for _, m := range st.Maps {
@@ -644,7 +651,7 @@ func (a *Agent) counts() (pods, policies int) {
 
 func policyVersion(p *podpolicy.Policy) enforcer.PolicyVersion {
 	pv := enforcer.PolicyVersion{
-		Key: enforcer.PolicyKey(p.Key()), Version: p.Version, Mode: enforcer.Mode(p.Mode),
+		Key: enforcer.PolicyKey(p.Key()), Version: p.Version, Digest: p.Digest(), Mode: enforcer.Mode(p.Mode),
 		Containers: make(map[string]enforcer.Rules, len(p.RulesByContainer)),
 	}
 	for name, paths := range p.RulesByContainer {

@@ -19,6 +19,7 @@ type metrics struct {
 	gcRemovals    prometheus.Counter
 	violations    *prometheus.CounterVec // namespace, policy, action
 	labelChanges  *prometheus.CounterVec // namespace, policy, change
+	replaced      *prometheus.CounterVec // namespace, policy
 }
 
 func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
@@ -41,8 +42,12 @@ func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
 			Name: "execgate_agent_policy_label_changes_total",
 			Help: "Running pods whose execgate.io/policy label was removed (change=removed) or set to another policy (change=changed) after they were bound, by namespace and the policy they stay bound to: the agent keeps that binding until the pod is deleted. Each change of a pod's label counts once.",
 		}, []string{"namespace", "policy", "change"}),
+		replaced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "execgate_agent_policy_content_replaced_total",
+			Help: "Loaded policy versions replaced by the same generation with another content digest, by namespace and policy (namespace/name). Each is one atomic swap; a steady rise means two senders disagree on a generation's content (a controller older than the whole-policy push, issue 14). The first push after an agent restart replaces each adopted policy once (its digest is not pinned) and is not counted.",
+		}, []string{"namespace", "policy"}),
 	}
-	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, m.labelChanges, &stateCollector{a: a}} {
+	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, m.labelChanges, m.replaced, &stateCollector{a: a}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -76,6 +81,12 @@ func (m *metrics) violation(ev *agentv1.ExecEvent) {
 func (m *metrics) labelChanged(namespace, policy, change string) {
 	if m != nil {
 		m.labelChanges.WithLabelValues(namespace, policy, change).Inc()
+	}
+}
+
+func (m *metrics) contentReplaced(namespace, policy string) {
+	if m != nil {
+		m.replaced.WithLabelValues(namespace, policy).Inc()
 	}
 }
 

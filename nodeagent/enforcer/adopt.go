@@ -46,8 +46,13 @@ func (e *Enforcer) adoptState() error {
 		}
 	}
 	for _, s := range e.slots {
+		// Two slots of one version and container: a predecessor killed while
+		// it replaced that version's content (same generation, another
+		// digest). The later one wins: slot ids are allocated increasing.
 		if ps := e.policies[s.meta.key]; ps.version == s.meta.version {
-			ps.slots[s.meta.container] = s.id
+			if cur, ok := ps.slots[s.meta.container]; !ok || s.id > cur {
+				ps.slots[s.meta.container] = s.id
+			}
 		}
 	}
 
@@ -66,7 +71,7 @@ func (e *Enforcer) adoptState() error {
 			continue
 		}
 		e.binds[cg] = bindingState{key: s.meta.key, container: s.meta.container}
-		if e.policies[s.meta.key].version != s.meta.version {
+		if e.policies[s.meta.key].slotFor(s.meta.container) != b.Slot {
 			stale = append(stale, cg)
 		}
 	}
@@ -86,7 +91,7 @@ func (e *Enforcer) adoptState() error {
 	}
 	var old []*policyState
 	for _, s := range e.slots {
-		if ps := e.policies[s.meta.key]; ps.version != s.meta.version {
+		if ps := e.policies[s.meta.key]; ps.slots[s.meta.container] != s.id {
 			old = append(old, &policyState{key: s.meta.key, version: s.meta.version, slots: map[string]uint32{s.meta.container: s.id}})
 		}
 	}

@@ -81,10 +81,16 @@ type Rules struct {
 
 // PolicyVersion is one version of a policy as the kernel will enforce it.
 type PolicyVersion struct {
-	Key        PolicyKey
-	Version    uint64
+	Key     PolicyKey
+	Version uint64
+	// Digest names the content (opaque to the enforcer; the agent's is
+	// podpolicy.Digest). A version equal to the loaded one is a no-op only
+	// when its digest is the loaded one too, so the same generation pushed
+	// with other content (a sender that had only part of the policy) cannot
+	// be silently ignored. Empty is a digest like any other.
+	Digest     string
 	Mode       Mode
-	Containers map[string]Rules // container name -> rules; must not use ""
+	Containers map[string]Rules // container name (or WildcardContainer) -> rules; must not use ""
 }
 
 // Limits of one request, enforced before anything is written.

@@ -35,6 +35,7 @@ type slotState struct {
 type policyState struct {
 	key     PolicyKey
 	version uint64
+	digest  string // "" when adopted from pinned maps: the content is not recorded there
 	mode    Mode
 	slots   map[string]uint32 // container name ("" = union) -> slot
 }
@@ -44,9 +45,14 @@ type bindingState struct {
 	container string
 }
 
-// PutPolicy loads a policy version. A version not newer than the loaded one
-// is a no-op (applied=false): late or repeated pushes never roll back. For a
-// loaded policy every bound cgroup switches to the new version atomically.
+// PutPolicy loads a policy version. An older version, or the loaded version
+// with the loaded digest, is a no-op (applied=false): late or repeated pushes
+// never roll back. The loaded version with another digest replaces the
+// loaded content: the same generation can only differ when one sender had
+// part of it, and ignoring it would keep the part. A version adopted from
+// the pins has no digest: the first one pushed is taken without a swap when
+// the kernel maps hold exactly its content, else it replaces them. For a
+// loaded policy every bound cgroup switches to the new content atomically.
 func (e *Enforcer) PutPolicy(p PolicyVersion) (applied bool, err error) {
 	if err := p.Validate(); err != nil {
 		return false, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -55,7 +61,13 @@ func (e *Enforcer) PutPolicy(p PolicyVersion) (applied bool, err error) {
 	defer e.mu.Unlock()
 
 	cur := e.policies[p.Key]
-	if cur != nil && p.Version <= cur.version {
+	if cur != nil && (p.Version < cur.version || (p.Version == cur.version && p.Digest == cur.digest)) {
+		return false, nil
+	}
+	if cur != nil && p.Version == cur.version && cur.digest == "" && e.holdsLocked(cur, p) {
+		// Adopted after a restart (pins record no digest) and the kernel already
+		// holds exactly this content: it is this digest, nothing to swap.
+		cur.digest = p.Digest
 		return false, nil
 	}
 	next, err := e.buildSlots(p)
@@ -75,6 +87,41 @@ func (e *Enforcer) PutPolicy(p PolicyVersion) (applied bool, err error) {
 	}
 	e.policies[p.Key] = next
 	return true, nil
+}
+
+// holdsLocked reports whether the loaded slots of cur are exactly p's content: the same
+// mode, the same slots by container, and in each the same entries, compared by the keys
+// the kernel maps hold (the paths themselves are not pinned, their keyed hashes are).
+func (e *Enforcer) holdsLocked(cur *policyState, p PolicyVersion) bool {
+	compiled := compileSlots(p)
+	if cur.mode != p.Mode || len(compiled) != len(cur.slots) {
+		return false
+	}
+	for name, c := range compiled {
+		s := e.slots[cur.slots[name]]
+		if s == nil || len(s.exact) != len(c.exact) || len(s.prefix) != len(c.prefixes) {
+			return false
+		}
+		exact := make(map[bpf.ExecgateExactKey]bool, len(s.exact))
+		for _, k := range s.exact {
+			exact[k] = true
+		}
+		for _, path := range c.exact {
+			if !exact[bpf.ExecgateExactKey{Slot: s.id, Hash: e.hashPath(path)}] {
+				return false
+			}
+		}
+		prefix := make(map[bpf.ExecgatePrefixKey]bool, len(s.prefix))
+		for _, k := range s.prefix {
+			prefix[k] = true
+		}
+		for _, path := range c.prefixes {
+			if !prefix[prefixKey(s.id, path)] {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // ErrInvalid wraps every validation error.
@@ -107,7 +154,7 @@ func (e *Enforcer) buildSlots(p PolicyVersion) (*policyState, error) {
 	if len(e.slots)+len(names) > int(e.slotInfo.MaxEntries()) {
 		return nil, fmt.Errorf("%w: %d allowlist slots in use", ErrCapacity, len(e.slots))
 	}
-	ps := &policyState{key: p.Key, version: p.Version, mode: p.Mode, slots: map[string]uint32{}}
+	ps := &policyState{key: p.Key, version: p.Version, digest: p.Digest, mode: p.Mode, slots: map[string]uint32{}}
 	for _, name := range names {
 		s := &slotState{id: e.allocSlot(), meta: slotMeta{key: p.Key, version: p.Version, mode: p.Mode, container: name}}
 		if err := e.writeSlot(s, compiled[name]); err != nil {
@@ -384,6 +431,7 @@ func (e *Enforcer) Bindings() []Binding {
 type LoadedPolicy struct {
 	Key     PolicyKey
 	Version uint64
+	Digest  string
 	Mode    Mode
 	Slots   int
 	Entries int
@@ -395,7 +443,7 @@ func (e *Enforcer) Policies() []LoadedPolicy {
 	defer e.mu.Unlock()
 	out := make([]LoadedPolicy, 0, len(e.policies))
 	for _, ps := range e.policies {
-		lp := LoadedPolicy{Key: ps.key, Version: ps.version, Mode: ps.mode, Slots: len(ps.slots)}
+		lp := LoadedPolicy{Key: ps.key, Version: ps.version, Digest: ps.digest, Mode: ps.mode, Slots: len(ps.slots)}
 		for _, id := range ps.slots {
 			if s := e.slots[id]; s != nil {
 				lp.Entries += len(s.exact) + len(s.prefix)
@@ -405,6 +453,16 @@ func (e *Enforcer) Policies() []LoadedPolicy {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out
+}
+
+// PolicyDigestOf reports the digest of the loaded version of key.
+func (e *Enforcer) PolicyDigestOf(key PolicyKey) (string, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if ps := e.policies[key]; ps != nil {
+		return ps.digest, true
+	}
+	return "", false
 }
 
 // PolicyVersionOf reports the loaded version of key.

@@ -2,14 +2,20 @@
 // node agent's gRPC server (nodeagent/server) hands to its backend, and the
 // errors a backend returns to say why it refused one.
 //
-// It owns no behaviour: values of these types have already passed the
-// server's validation (names, UIDs, paths, limits), so a backend can trust
-// their shape. It must not import the wire API (proto), Kubernetes or BPF
+// It owns no behaviour but Digest, the content address of a policy version
+// that the controller sends and the agent checks, so that both compute it in
+// one place. Values of these types have already passed the server's
+// validation (names, UIDs, paths, limits), so a backend can trust their
+// shape. It must not import the wire API (proto), Kubernetes or BPF
 // packages, so that both sides of the server interface stay free of them.
 package podpolicy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"maps"
+	"slices"
 	"strconv"
 )
 
@@ -72,8 +78,13 @@ type Pod struct {
 	Containers []Container
 }
 
-// Policy is one version of a workload policy, compiled down to allowlists per
-// container name.
+// AnyContainer is the RulesByContainer key whose rules apply to every
+// container the policy does not name (the CRD's "*").
+const AnyContainer = "*"
+
+// Policy is one version of a workload policy: the whole policy, allowlists
+// per container name and AnyContainer, whatever pod it is applied for (the
+// agent picks each container's rules when it binds it).
 type Policy struct {
 	UID       string
 	Namespace string
@@ -89,6 +100,54 @@ type Policy struct {
 
 // Key is the policy's stable identity on a node, "namespace/name".
 func (p *Policy) Key() string { return p.Namespace + "/" + p.Name }
+
+// Digest is the content address of the policy version: Digest(p.Mode,
+// p.RulesByContainer).
+func (p *Policy) Digest() string { return Digest(p.Mode, p.RulesByContainer) }
+
+// Digest names a policy's content: "sha256:" and the hex SHA-256 of the mode
+// and, by container key in byte order, the key and its sorted, deduplicated
+// paths, each field ended by a NUL (which no validated name or path contains).
+// Equal content has one digest whatever the order of keys and paths, so the
+// controller's push and the agent's own API-server watch agree on it. A key
+// with an empty list and a missing key differ (the first allows nothing, the
+// second falls back to AnyContainer), and so do their digests.
+func Digest(mode Mode, rules map[string][]string) string {
+	h := sha256.New()
+	buf := make([]byte, 0, 32<<10) // hashed in chunks: one Write per path costs more than the hash
+	field := func(s string) {
+		if len(buf)+len(s)+1 > cap(buf) {
+			h.Write(buf)
+			buf = buf[:0]
+		}
+		buf = append(append(buf, s...), 0)
+	}
+	field("execgate.io/policy-digest/v1")
+	field(mode.String())
+	for _, name := range slices.Sorted(maps.Keys(rules)) {
+		paths := rules[name]
+		if !sortedUnique(paths) { // what the agent's validation hands over already is
+			paths = slices.Compact(slices.Sorted(slices.Values(paths)))
+		}
+		field("container")
+		field(name)
+		field(strconv.Itoa(len(paths)))
+		for _, p := range paths {
+			field(p)
+		}
+	}
+	h.Write(buf)
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+}
+
+func sortedUnique(s []string) bool {
+	for i := 1; i < len(s); i++ {
+		if s[i-1] >= s[i] {
+			return false
+		}
+	}
+	return true
+}
 
 // Entries is the number of rules in the policy, over all containers.
 func (p *Policy) Entries() int {

@@ -178,7 +178,9 @@ func validatePolicy(v *violations, p *agentv1.Policy) podpolicy.Policy {
 	out.RulesByContainer = make(map[string][]string, len(rules))
 	for _, name := range names {
 		path := "policy.rules_by_container[" + quote(name) + "]" // cut: a key is not yet known to be short
-		checkDNSLabel(v, path, name)
+		if name != podpolicy.AnyContainer {
+			checkDNSLabel(v, path, name)
+		}
 		exes := rules[name].GetExecutables()
 		if len(exes) > MaxExecutablesPerContainer {
 			v.add(path+".executables", "has %d entries; at most %d per container are supported (use a directory prefix ending in \"/\")", len(exes), MaxExecutablesPerContainer)
@@ -193,7 +195,20 @@ func validatePolicy(v *violations, p *agentv1.Policy) podpolicy.Policy {
 		slices.Sort(clean)
 		out.RulesByContainer[name] = slices.Compact(clean)
 	}
+	checkDigest(v, p.GetDigest(), out)
 	return out
+}
+
+// checkDigest refuses a request whose rules are not the content its sender
+// addressed: a cut or altered policy must not load as that version. Empty is
+// accepted (the digest is optional on the wire); the agent then uses its own.
+func checkDigest(v *violations, digest string, p podpolicy.Policy) {
+	if digest == "" || len(v.list) > 0 {
+		return // a policy already refused needs no second reason
+	}
+	if got := p.Digest(); digest != got {
+		v.add("policy.digest", "%s does not match the rules and mode sent (%s): the request was cut or altered on the way", quote(digest), got)
+	}
 }
 
 func validateRemovePod(req *agentv1.RemovePodRequest) error {

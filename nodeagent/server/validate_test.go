@@ -328,3 +328,64 @@ func badRequest(t *testing.T, err error) *errdetails.BadRequest {
 	t.Fatalf("no BadRequest detail in %v", err)
 	return nil
 }
+
+// TestSubsetWholePolicyValidates: the controller now pushes the whole policy (issue 14,
+// attack 4), so the "*" key must pass the agent's validation (it used to be refused as
+// a container name, which is why the webhook expanded it per pod and sent a subset),
+// and a digest that does not address the rules sent is refused: a cut or altered
+// policy must not load as that version.
+func TestSubsetWholePolicyValidates(t *testing.T) {
+	withDigest := func(mutate func(r *agentv1.ApplyPodPolicyRequest)) *agentv1.ApplyPodPolicyRequest {
+		r := validApply()
+		r.Policy.RulesByContainer[podpolicy.AnyContainer] = &agentv1.Rules{Executables: []string{"/usr/bin/env"}}
+		pp, err := validateApplyPodPolicy(r)
+		if err != nil {
+			t.Fatalf("whole policy with \"*\" refused: %v", err)
+		}
+		r.Policy.Digest = pp.Policy.Digest()
+		if mutate != nil {
+			mutate(r)
+		}
+		return r
+	}
+	tests := []struct {
+		name   string
+		req    *agentv1.ApplyPodPolicyRequest
+		refuse bool
+	}{
+		{"whole policy, its digest", withDigest(nil), false},
+		{"no digest", withDigest(func(r *agentv1.ApplyPodPolicyRequest) { r.Policy.Digest = "" }), false},
+		{"keys in another order, paths repeated", withDigest(func(r *agentv1.ApplyPodPolicyRequest) {
+			r.Policy.RulesByContainer["sidecar"].Executables = []string{"/envoy", "/envoy"}
+		}), false},
+		{"a key dropped on the way", withDigest(func(r *agentv1.ApplyPodPolicyRequest) { delete(r.Policy.RulesByContainer, "sidecar") }), true},
+		{"a path added on the way", withDigest(func(r *agentv1.ApplyPodPolicyRequest) {
+			r.Policy.RulesByContainer["*"].Executables = append(r.Policy.RulesByContainer["*"].Executables, "/tmp/evil")
+		}), true},
+		{"an empty list instead of a missing key", withDigest(func(r *agentv1.ApplyPodPolicyRequest) {
+			r.Policy.RulesByContainer["extra"] = &agentv1.Rules{}
+		}), true},
+		{"another mode", withDigest(func(r *agentv1.ApplyPodPolicyRequest) { r.Policy.Mode = agentv1.Mode_MODE_MONITOR }), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := proto.Clone(tc.req)
+			pp, err := validateApplyPodPolicy(tc.req)
+			if !proto.Equal(before, tc.req) {
+				t.Fatal("validation modified the request")
+			}
+			if !tc.refuse {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				if got := pp.Policy.RulesByContainer[podpolicy.AnyContainer]; len(got) != 1 || got[0] != "/usr/bin/env" {
+					t.Errorf("\"*\" rules = %v", got)
+				}
+				return
+			}
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "policy.digest") || !strings.Contains(err.Error(), "cut or altered") {
+				t.Fatalf("err = %v, want InvalidArgument naming policy.digest", err)
+			}
+		})
+	}
+}

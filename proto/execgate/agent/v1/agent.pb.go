@@ -437,11 +437,23 @@ type Policy struct {
 	// Higher wins; the agent never goes back to a lower one.
 	Generation uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
 	Mode       Mode   `protobuf:"varint,5,opt,name=mode,proto3,enum=execgate.agent.v1.Mode" json:"mode,omitempty"`
-	// Keyed by container name. A container of the pod without an entry has an
-	// empty allowlist.
+	// The whole policy, whatever pod it is applied for: keyed by container name,
+	// and "*" for every container the policy does not name. A container of the
+	// pod with neither has an empty allowlist. The agent loads the version once
+	// per node and binds each container to its own rules (issue 14: a push of
+	// only the pod's own containers made the second pod sharing the policy on a
+	// node run with empty slots).
 	RulesByContainer map[string]*Rules `protobuf:"bytes,6,rep,name=rules_by_container,json=rulesByContainer,proto3" json:"rules_by_container,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Content address of this version: "sha256:<hex>" of mode and
+	// rules_by_container as podpolicy.Digest computes it. Optional; when set,
+	// the agent refuses a request whose rules do not hash to it
+	// (INVALID_ARGUMENT). A push of the generation already loaded is a no-op
+	// only if its digest is the loaded one; otherwise the pushed content
+	// replaces it, atomically (counted in
+	// execgate_agent_policy_content_replaced_total).
+	Digest        string `protobuf:"bytes,7,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Policy) Reset() {
@@ -514,6 +526,13 @@ func (x *Policy) GetRulesByContainer() map[string]*Rules {
 		return x.RulesByContainer
 	}
 	return nil
+}
+
+func (x *Policy) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
 }
 
 type ApplyPodPolicyRequest struct {
@@ -1009,7 +1028,10 @@ type PolicyStatus struct {
 	// Compiled allowlists (one per container, plus the pod-wide union).
 	Slots uint32 `protobuf:"varint,5,opt,name=slots,proto3" json:"slots,omitempty"`
 	// Rules loaded in kernel maps for this policy.
-	Entries       uint64 `protobuf:"varint,6,opt,name=entries,proto3" json:"entries,omitempty"`
+	Entries uint64 `protobuf:"varint,6,opt,name=entries,proto3" json:"entries,omitempty"`
+	// Content address of the loaded version (Policy.digest); empty for a
+	// version adopted from a previous agent's pinned maps.
+	Digest        string `protobuf:"bytes,7,opt,name=digest,proto3" json:"digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1084,6 +1106,13 @@ func (x *PolicyStatus) GetEntries() uint64 {
 		return x.Entries
 	}
 	return 0
+}
+
+func (x *PolicyStatus) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
 }
 
 type MapStatus struct {
@@ -1630,7 +1659,7 @@ const file_execgate_agent_v1_agent_proto_rawDesc = "" +
 	"containers\x18\x06 \x03(\v2\x1c.execgate.agent.v1.ContainerR\n" +
 	"containers\")\n" +
 	"\x05Rules\x12 \n" +
-	"\vexecutables\x18\x01 \x03(\tR\vexecutables\"\xd7\x02\n" +
+	"\vexecutables\x18\x01 \x03(\tR\vexecutables\"\xef\x02\n" +
 	"\x06Policy\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
@@ -1639,7 +1668,8 @@ const file_execgate_agent_v1_agent_proto_rawDesc = "" +
 	"generation\x18\x04 \x01(\x04R\n" +
 	"generation\x12+\n" +
 	"\x04mode\x18\x05 \x01(\x0e2\x17.execgate.agent.v1.ModeR\x04mode\x12]\n" +
-	"\x12rules_by_container\x18\x06 \x03(\v2/.execgate.agent.v1.Policy.RulesByContainerEntryR\x10rulesByContainer\x1a]\n" +
+	"\x12rules_by_container\x18\x06 \x03(\v2/.execgate.agent.v1.Policy.RulesByContainerEntryR\x10rulesByContainer\x12\x16\n" +
+	"\x06digest\x18\a \x01(\tR\x06digest\x1a]\n" +
 	"\x15RulesByContainerEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12.\n" +
 	"\x05value\x18\x02 \x01(\v2\x18.execgate.agent.v1.RulesR\x05value:\x028\x01\"\x93\x01\n" +
@@ -1680,14 +1710,15 @@ const file_execgate_agent_v1_agent_proto_rawDesc = "" +
 	"applied_by\x18\t \x01(\tR\tappliedBy\x129\n" +
 	"\n" +
 	"applied_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\tappliedAt\"\xb7\x01\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tappliedAt\"\xcf\x01\n" +
 	"\fPolicyStatus\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12+\n" +
 	"\x04mode\x18\x04 \x01(\x0e2\x17.execgate.agent.v1.ModeR\x04mode\x12\x14\n" +
 	"\x05slots\x18\x05 \x01(\rR\x05slots\x12\x18\n" +
-	"\aentries\x18\x06 \x01(\x04R\aentries\"p\n" +
+	"\aentries\x18\x06 \x01(\x04R\aentries\x12\x16\n" +
+	"\x06digest\x18\a \x01(\tR\x06digest\"p\n" +
 	"\tMapStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aentries\x18\x02 \x01(\x04R\aentries\x12\x1f\n" +

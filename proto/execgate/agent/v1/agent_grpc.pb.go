@@ -39,9 +39,9 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type AgentServiceClient interface {
 	// ApplyPodPolicy binds a pod to one version of a policy. It is idempotent:
-	// applying the same or an older policy generation is a no-op that reports
-	// applied=false and the version already loaded. Replacing a loaded version
-	// is atomic for the pod.
+	// applying an older policy generation, or the same one with the same
+	// digest, is a no-op that reports applied=false and the version already
+	// loaded. Replacing a loaded version is atomic for the pod.
 	ApplyPodPolicy(ctx context.Context, in *ApplyPodPolicyRequest, opts ...grpc.CallOption) (*ApplyPodPolicyResponse, error)
 	// RemovePod unbinds a pod (its cgroups) from its policy. Unknown pods are
 	// not an error: removed=false.
@@ -129,9 +129,9 @@ type AgentService_WatchEventsClient = grpc.ServerStreamingClient[ExecEvent]
 // for forward compatibility.
 type AgentServiceServer interface {
 	// ApplyPodPolicy binds a pod to one version of a policy. It is idempotent:
-	// applying the same or an older policy generation is a no-op that reports
-	// applied=false and the version already loaded. Replacing a loaded version
-	// is atomic for the pod.
+	// applying an older policy generation, or the same one with the same
+	// digest, is a no-op that reports applied=false and the version already
+	// loaded. Replacing a loaded version is atomic for the pod.
 	ApplyPodPolicy(context.Context, *ApplyPodPolicyRequest) (*ApplyPodPolicyResponse, error)
 	// RemovePod unbinds a pod (its cgroups) from its policy. Unknown pods are
 	// not an error: removed=false.

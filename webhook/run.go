@@ -38,7 +38,6 @@ type Config struct {
 	AgentCAFile   string
 	AgentCertFile string
 	AgentKeyFile  string
-	AgentServer   string // name the agents' serving certificate carries
 	AgentPort     int
 	AgentNS       string
 	AgentSelector string
@@ -129,8 +128,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		directory = NewAgentDirectory(cfg.AgentNS, selector, cfg.AgentPort, log.Named("discovery"))
 	}
 	dialer, err := agentclient.NewDialer(agentclient.Config{
+		// No shared server name: the pool dials each agent with DialNode, which wants
+		// the node's own name in its certificate.
 		CAFile: cfg.AgentCAFile, CertFile: cfg.AgentCertFile, KeyFile: cfg.AgentKeyFile,
-		ServerName: cfg.AgentServer, Logger: log.Named("agent-tls"),
+		Logger: log.Named("agent-tls"),
 	})
 	if err != nil {
 		return err

@@ -25,7 +25,6 @@ func main() {
 	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA bundle the agents' serving certificates chain to")
 	fs.StringVar(&cfg.AgentCertFile, "agent-client-cert-file", "", "client certificate presented to agents")
 	fs.StringVar(&cfg.AgentKeyFile, "agent-client-key-file", "", "key of --agent-client-cert-file")
-	fs.StringVar(&cfg.AgentServer, "agent-server-name", "", "name the agents' serving certificate carries (agents are dialled by IP)")
 	fs.IntVar(&cfg.AgentPort, "agent-port", 9443, "agents' gRPC port")
 	fs.StringVar(&cfg.AgentNS, "agent-namespace", "", "namespace of the agent pods")
 	fs.StringVar(&cfg.AgentSelector, "agent-selector", "", "label selector of the agent pods")

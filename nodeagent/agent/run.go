@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/execgate/execgate/nodeagent/agentcert"
 	"github.com/execgate/execgate/nodeagent/cgroups"
 	"github.com/execgate/execgate/nodeagent/enforcer"
 	"github.com/execgate/execgate/nodeagent/server"
@@ -27,10 +28,13 @@ import (
 
 // Config is the agent binary's configuration (one field per flag).
 type Config struct {
-	NodeName            string
-	GRPCAddr            string
-	TLSCertFile         string
-	TLSKeyFile          string
+	NodeName    string
+	GRPCAddr    string
+	TLSCertFile string
+	TLSKeyFile  string
+	// TLSRequestDir, instead of TLSCertFile/TLSKeyFile: request a serving
+	// certificate naming this node from the controller (agentcert) and keep it here.
+	TLSRequestDir       string
 	ClientCAFile        string
 	ClientName          string
 	InsecureForTesting  bool
@@ -53,8 +57,9 @@ func (c *Config) validate() error {
 	if c.NodeName == "" {
 		problems = append(problems, "--node-name is required")
 	}
-	if !c.InsecureForTesting && (c.TLSCertFile == "" || c.TLSKeyFile == "" || c.ClientCAFile == "") {
-		problems = append(problems, "--tls-cert-file, --tls-key-file and --client-ca-file are required (or --insecure-for-testing, for tests only)")
+	files := c.TLSCertFile != "" && c.TLSKeyFile != ""
+	if !c.InsecureForTesting && (files == (c.TLSRequestDir != "") || c.ClientCAFile == "") {
+		problems = append(problems, "--client-ca-file and either --tls-request-dir or both --tls-cert-file and --tls-key-file are required (or --insecure-for-testing, for tests only)")
 	}
 	if c.MaxPods <= 0 || c.MaxEntries <= 0 {
 		problems = append(problems, "--max-pods and --max-entries must be positive")
@@ -116,6 +121,17 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	var requester *agentcert.Requester
+	if cfg.TLSRequestDir != "" && !cfg.InsecureForTesting {
+		if backstop == nil {
+			return errors.New("--tls-request-dir needs API access (--kubeconfig or in-cluster) to request the serving certificate")
+		}
+		requester = &agentcert.Requester{Client: backstop.Kube, NodeName: cfg.NodeName, Dir: cfg.TLSRequestDir, Log: log.Named("cert")}
+		if err := requester.Ensure(ctx); err != nil {
+			return fmt.Errorf("serving certificate for node %s: %w", cfg.NodeName, err)
+		}
+		cfg.TLSCertFile, cfg.TLSKeyFile = requester.CertFile(), requester.KeyFile()
+	}
 	srv, err := server.New(server.Config{
 		ListenAddress: cfg.GRPCAddr, NodeName: cfg.NodeName, Insecure: cfg.InsecureForTesting,
 		CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, ClientCAFile: cfg.ClientCAFile,
@@ -152,6 +168,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		g.Go(func() error { return nodeStatus.Run(ctx) })
 	}
 	g.Go(func() error { return srv.ListenAndServe(ctx) })
+	if requester != nil {
+		g.Go(func() error { return requester.Run(ctx) })
+	}
 	g.Go(func() error { return serveHTTP(ctx, cfg.MetricsAddr, metricsMux) })
 	g.Go(func() error { return serveHTTP(ctx, cfg.HealthAddr, healthMux) })
 	return g.Wait()

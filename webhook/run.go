@@ -48,9 +48,13 @@ type Config struct {
 	AgentClientDir      string
 	// AgentServiceAccount ("namespace/name") is the only requester whose CSRs are signed.
 	AgentServiceAccount string
-	AgentPort           int
-	AgentNS             string
-	AgentSelector       string
+	// AgentCABundleConfigMap ("namespace/name"), with the signer files: publish the
+	// agent trust bundle there (agents mount it) and use it as AgentCAFile, which is
+	// then written by the controller.
+	AgentCABundleConfigMap string
+	AgentPort              int
+	AgentNS                string
+	AgentSelector          string
 	// AgentEndpoints, when set ("node=host:port,..."), replaces agent discovery.
 	AgentEndpoints string
 	MetricsAddr    string
@@ -79,6 +83,11 @@ func (c *Config) validate() (static map[string]string, selector labels.Selector,
 		errs = append(errs, errors.New("--agent-client-cert-file and --agent-client-key-file go together"))
 	case c.AgentCertFile == "" && (!signer || c.AgentClientDir == ""):
 		errs = append(errs, errors.New("give --agent-client-cert-file and --agent-client-key-file, or the agent CA (--agent-signer-cert-file, --agent-signer-key-file) and --agent-client-dir to mint one"))
+	}
+	if c.AgentCABundleConfigMap != "" {
+		if ns, name, ok := strings.Cut(c.AgentCABundleConfigMap, "/"); !ok || ns == "" || name == "" || !signer {
+			errs = append(errs, fmt.Errorf("--agent-ca-bundle-configmap %q: want namespace/name, with --agent-signer-cert-file", c.AgentCABundleConfigMap))
+		}
 	}
 	if signer {
 		if c.AgentSignerCertFile == "" || c.AgentSignerKeyFile == "" {
@@ -154,6 +163,17 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	directory := NewStaticAgentDirectory(static)
 	if static == nil {
 		directory = NewAgentDirectory(cfg.AgentNS, selector, cfg.AgentPort, log.Named("discovery"))
+	}
+	if cfg.AgentCABundleConfigMap != "" {
+		ns, name, _ := strings.Cut(cfg.AgentCABundleConfigMap, "/")
+		bundle := &agentsigner.BundlePublisher{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Namespace: ns, Name: name,
+			CACertFile: cfg.AgentSignerCertFile, LocalFile: cfg.AgentCAFile, Log: log.Named("agent-ca-bundle")}
+		if err := bundle.Sync(ctx); err != nil {
+			return fmt.Errorf("publish the agent CA bundle: %w", err)
+		}
+		if err := mgr.Add(bundle); err != nil {
+			return fmt.Errorf("agent CA bundle: %w", err)
+		}
 	}
 	clientCert, clientKey := cfg.AgentCertFile, cfg.AgentKeyFile
 	if clientCert == "" {

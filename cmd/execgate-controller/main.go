@@ -30,6 +30,7 @@ func main() {
 	fs.StringVar(&cfg.AgentSignerKeyFile, "agent-signer-key-file", "", "key of --agent-signer-cert-file")
 	fs.StringVar(&cfg.AgentClientDir, "agent-client-dir", "", "directory where the controller mints its client certificate when --agent-client-cert-file is empty")
 	fs.StringVar(&cfg.AgentServiceAccount, "agent-service-account", "", "namespace/name of the agents' service account, the only requester whose certificates are signed")
+	fs.StringVar(&cfg.AgentCABundleConfigMap, "agent-ca-bundle-configmap", "", "namespace/name of the ConfigMap to publish the agent CA bundle in (then --agent-ca-file is written, not read)")
 	fs.IntVar(&cfg.AgentPort, "agent-port", 9443, "agents' gRPC port")
 	fs.StringVar(&cfg.AgentNS, "agent-namespace", "", "namespace of the agent pods")
 	fs.StringVar(&cfg.AgentSelector, "agent-selector", "", "label selector of the agent pods")

@@ -1,0 +1,247 @@
+package agentsigner
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/execgate/execgate/internal/testpki"
+	"github.com/execgate/execgate/nodeagent/agentcert"
+	"github.com/execgate/execgate/test/e2e/cluster"
+)
+
+const agentUser = "system:serviceaccount:execgate-system:execgate-agent"
+
+// signerEnv is a real API server, two nodes, the agent CA on disk and the signer
+// reconciling every CSR of its signer until the test ends.
+type signerEnv struct {
+	c      *cluster.Cluster
+	nodes  []string
+	caFile string
+	ca     *testpki.CA
+}
+
+func startSigner(t *testing.T) *signerEnv {
+	t.Helper()
+	c := cluster.Start(t, cluster.Options{})
+	ctx := context.Background()
+	nodes, err := c.CreateNodes(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &signerEnv{c: c, ca: testpki.NewCA(t, "execgate agent CA")}
+	for _, n := range nodes {
+		env.nodes = append(env.nodes, n.Name)
+	}
+	dir := t.TempDir()
+	env.caFile = env.ca.WriteFile(t, filepath.Join(dir, "ca.crt"))
+	keyDER, err := x509.MarshalPKCS8PrivateKey(env.ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "ca.key")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// What the chart grants the agents: create and read CSRs, nothing else here.
+	rbac := c.Client.RbacV1()
+	if _, err := rbac.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "agent-csr"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"certificatesigningrequests"}, Verbs: []string{"create", "get"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "agent-csr"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "agent-csr"},
+		Subjects: []rbacv1.Subject{{Kind: "Group", Name: "system:serviceaccounts"}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(c.RESTConfig, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Signer{Client: cl, AgentUsername: agentUser, CACertFile: env.caFile, CAKeyFile: keyFile, Log: zaptest.NewLogger(t)}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for runCtx.Err() == nil {
+			var list certificatesv1.CertificateSigningRequestList
+			if err := cl.List(runCtx, &list); err == nil {
+				for _, csr := range list.Items {
+					if _, err := s.Reconcile(runCtx, ctrl.Request{NamespacedName: types.NamespacedName{Name: csr.Name}}); err != nil && runCtx.Err() == nil {
+						t.Logf("reconcile %s: %v", csr.Name, err)
+					}
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return env
+}
+
+// as returns a client that the API server authenticates as user with the given user
+// extra, as it does for a pod-bound service account token (impersonation stands in for
+// the token: the CSR records the same username and extra).
+func (env *signerEnv) as(t *testing.T, user string, extra map[string][]string) kubernetes.Interface {
+	t.Helper()
+	cfg := rest.CopyConfig(env.c.RESTConfig)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:serviceaccounts", "system:authenticated"}, Extra: extra}
+	k, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func onNode(node string) map[string][]string { return map[string][]string{agentcert.NodeNameExtra: {node}} }
+
+// TestNodeIdentityAgentGetsCertificateForItsNodeOnly runs the agent's requester against
+// a real API server and the signer. The agent on a node gets a server-only certificate
+// naming exactly that node and chaining to the agent CA. Every request that would let
+// one node's key answer for another is denied with a reason: a node asking for another
+// node's name, a token bound to no node, another service account, client usage, an
+// extra SAN, a node that does not exist. (New code: before issue 14 every agent simply
+// shared one key, which TestNodeIdentityPushReachesOnlyThatNodesAgent reproduces.)
+func TestNodeIdentityAgentGetsCertificateForItsNodeOnly(t *testing.T) {
+	env := startSigner(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nodeA, nodeB := env.nodes[0], env.nodes[1]
+
+	t.Run("agent of a node", func(t *testing.T) {
+		r := &agentcert.Requester{Client: env.as(t, agentUser, onNode(nodeA)), NodeName: nodeA, Dir: t.TempDir(),
+			Timeout: 30 * time.Second, Log: zaptest.NewLogger(t)}
+		if err := r.Ensure(ctx); err != nil {
+			t.Fatalf("Ensure: %v", err)
+		}
+		data, err := os.ReadFile(r.CertFile())
+		if err != nil {
+			t.Fatal(err)
+		}
+		block, _ := pem.Decode(data)
+		leaf, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(leaf.DNSNames, []string{nodeA}) || len(leaf.IPAddresses) > 0 || len(leaf.URIs) > 0 {
+			t.Errorf("certificate names DNS %v IPs %v URIs %v, want only %s", leaf.DNSNames, leaf.IPAddresses, leaf.URIs, nodeA)
+		}
+		if !slices.Equal(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}) {
+			t.Errorf("extended key usages %v, want server auth only", leaf.ExtKeyUsage)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: env.ca.Pool(), DNSName: nodeA}); err != nil {
+			t.Errorf("certificate does not verify for %s against the agent CA: %v", nodeA, err)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: env.ca.Pool(), DNSName: nodeB}); err == nil {
+			t.Errorf("certificate of %s verifies for %s", nodeA, nodeB)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: env.ca.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+			t.Error("agent certificate verifies as a client certificate")
+		}
+	})
+
+	t.Run("agent asks for another node's name", func(t *testing.T) {
+		r := &agentcert.Requester{Client: env.as(t, agentUser, onNode(nodeA)), NodeName: nodeB, Dir: t.TempDir(),
+			Timeout: 30 * time.Second, Log: zaptest.NewLogger(t)}
+		err := r.Ensure(ctx)
+		if err == nil || !strings.Contains(err.Error(), "Denied") {
+			t.Fatalf("Ensure for %s from a pod on %s = %v, want Denied", nodeB, nodeA, err)
+		}
+		if _, statErr := os.Stat(r.CertFile()); statErr == nil {
+			t.Fatal("a certificate was written for another node")
+		}
+	})
+
+	serverUsages := agentcert.Usages
+	tests := []struct {
+		name   string
+		user   string
+		extra  map[string][]string
+		dns    []string
+		ips    []net.IP
+		usages []certificatesv1.KeyUsage
+		reason string // substring of the denial message
+	}{
+		{"token bound to no node", agentUser, nil, []string{nodeA}, nil, serverUsages, "not bound to a pod on a node"},
+		{"another service account", "system:serviceaccount:tenant:default", onNode(nodeA), []string{nodeA}, nil, serverUsages, "not by the agents' service account"},
+		{"client usage", agentUser, onNode(nodeA), []string{nodeA}, nil,
+			[]certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageServerAuth, certificatesv1.UsageClientAuth}, "usages"},
+		{"extra SAN", agentUser, onNode(nodeA), []string{nodeA, "execgate-controller"}, nil, serverUsages, "may name only"},
+		{"IP SAN", agentUser, onNode(nodeA), []string{nodeA}, []net.IP{net.IPv4(10, 0, 0, 1)}, serverUsages, "may name only"},
+		{"node that does not exist", agentUser, onNode("ghost"), []string{"ghost"}, nil, serverUsages, "does not exist"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+				Subject: pkix.Name{CommonName: tc.dns[0]}, DNSNames: tc.dns, IPAddresses: tc.ips}, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			csrs := env.as(t, tc.user, tc.extra).CertificatesV1().CertificateSigningRequests()
+			csr, err := csrs.Create(ctx, &certificatesv1.CertificateSigningRequest{
+				ObjectMeta: metav1.ObjectMeta{GenerateName: "attack-"},
+				Spec: certificatesv1.CertificateSigningRequestSpec{Request: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}),
+					SignerName: agentcert.SignerName, Usages: tc.usages},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatalf("create CSR: %v", err)
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				got, err := env.c.Client.CertificatesV1().CertificateSigningRequests().Get(ctx, csr.Name, metav1.GetOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(got.Status.Certificate) > 0 {
+					t.Fatalf("signed: %s", tc.name)
+				}
+				if i := slices.IndexFunc(got.Status.Conditions, func(c certificatesv1.CertificateSigningRequestCondition) bool {
+					return c.Type == certificatesv1.CertificateDenied
+				}); i >= 0 {
+					if msg := got.Status.Conditions[i].Message; !strings.Contains(msg, tc.reason) {
+						t.Fatalf("denied with %q, want a message containing %q", msg, tc.reason)
+					}
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("not decided within 30s: %+v", got.Status)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+}

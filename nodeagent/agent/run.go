@@ -121,23 +121,25 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	newServer := func() (*server.Server, error) {
+		return server.New(server.Config{
+			ListenAddress: cfg.GRPCAddr, NodeName: cfg.NodeName, Insecure: cfg.InsecureForTesting,
+			CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, ClientCAFile: cfg.ClientCAFile,
+			AllowedClientIdentities: nonEmpty(cfg.ClientName),
+		}, a, base.Named("grpc"), reg)
+	}
+	// With fixed files the server is built now (bad files stop the agent at once). With a
+	// requested certificate it starts once the controller has signed one: enforcement and
+	// the backstop run meanwhile, so a controller outage never stops an agent from starting.
+	var srv *server.Server
 	var requester *agentcert.Requester
 	if cfg.TLSRequestDir != "" && !cfg.InsecureForTesting {
 		if backstop == nil {
 			return errors.New("--tls-request-dir needs API access (--kubeconfig or in-cluster) to request the serving certificate")
 		}
 		requester = &agentcert.Requester{Client: backstop.Kube, NodeName: cfg.NodeName, Dir: cfg.TLSRequestDir, Log: log.Named("cert")}
-		if err := requester.Ensure(ctx); err != nil {
-			return fmt.Errorf("serving certificate for node %s: %w", cfg.NodeName, err)
-		}
 		cfg.TLSCertFile, cfg.TLSKeyFile = requester.CertFile(), requester.KeyFile()
-	}
-	srv, err := server.New(server.Config{
-		ListenAddress: cfg.GRPCAddr, NodeName: cfg.NodeName, Insecure: cfg.InsecureForTesting,
-		CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, ClientCAFile: cfg.ClientCAFile,
-		AllowedClientIdentities: nonEmpty(cfg.ClientName),
-	}, a, base.Named("grpc"), reg)
-	if err != nil {
+	} else if srv, err = newServer(); err != nil {
 		return err
 	}
 
@@ -167,13 +169,42 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if nodeStatus != nil {
 		g.Go(func() error { return nodeStatus.Run(ctx) })
 	}
-	g.Go(func() error { return srv.ListenAndServe(ctx) })
+	g.Go(func() error {
+		if requester != nil {
+			if err := ensureCertificate(ctx, requester, log); err != nil || ctx.Err() != nil {
+				return err
+			}
+			s, err := newServer()
+			if err != nil {
+				return err
+			}
+			srv = s
+		}
+		return srv.ListenAndServe(ctx)
+	})
 	if requester != nil {
 		g.Go(func() error { return requester.Run(ctx) })
 	}
 	g.Go(func() error { return serveHTTP(ctx, cfg.MetricsAddr, metricsMux) })
 	g.Go(func() error { return serveHTTP(ctx, cfg.HealthAddr, healthMux) })
 	return g.Wait()
+}
+
+// ensureCertificate retries until the controller signed a serving certificate for this
+// node or ctx ends.
+func ensureCertificate(ctx context.Context, r *agentcert.Requester, log *zap.Logger) error {
+	for {
+		err := r.Ensure(ctx)
+		if err == nil || ctx.Err() != nil {
+			return nil
+		}
+		log.Warn("no serving certificate for this node yet; the gRPC API stays closed, enforcement continues", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(10 * time.Second):
+		}
+	}
 }
 
 func nonEmpty(s string) []string {

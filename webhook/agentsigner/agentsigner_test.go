@@ -123,7 +123,9 @@ func (env *signerEnv) as(t *testing.T, user string, extra map[string][]string) k
 	return k
 }
 
-func onNode(node string) map[string][]string { return map[string][]string{agentcert.NodeNameExtra: {node}} }
+func onNode(node string) map[string][]string {
+	return map[string][]string{agentcert.NodeNameExtra: {node}}
+}
 
 // TestNodeIdentityAgentGetsCertificateForItsNodeOnly runs the agent's requester against
 // a real API server and the signer. The agent on a node gets a server-only certificate

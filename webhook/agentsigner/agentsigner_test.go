@@ -17,7 +17,9 @@ import (
 	"time"
 
 	"go.uber.org/zap/zaptest"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -123,6 +125,42 @@ func (env *signerEnv) as(t *testing.T, user string, extra map[string][]string) k
 	return k
 }
 
+// podToken creates the agents' service account and an agent pod bound to node, and
+// returns a client authenticated by a token bound to that pod, as the kubelet mounts it:
+// the API server itself then records the node in the CSR's user extra.
+func (env *signerEnv) podToken(t *testing.T, ctx context.Context, node string) kubernetes.Interface {
+	t.Helper()
+	const ns, sa = "execgate-system", "execgate-agent"
+	if err := env.c.CreateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	core := env.c.Client.CoreV1()
+	if _, err := core.ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := core.Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "agent-" + node},
+		Spec: corev1.PodSpec{ServiceAccountName: sa, NodeName: node,
+			Containers: []corev1.Container{{Name: "agent", Image: "execgate"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := core.ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token for pod %s: %v", pod.Name, err)
+	}
+	cfg := rest.AnonymousClientConfig(env.c.RESTConfig)
+	cfg.BearerToken = tr.Status.Token
+	k, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 func onNode(node string) map[string][]string {
 	return map[string][]string{agentcert.NodeNameExtra: {node}}
 }
@@ -169,6 +207,19 @@ func TestNodeIdentityAgentGetsCertificateForItsNodeOnly(t *testing.T) {
 		}
 		if _, err := leaf.Verify(x509.VerifyOptions{Roots: env.ca.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
 			t.Error("agent certificate verifies as a client certificate")
+		}
+	})
+
+	t.Run("agent of a node, with a real pod-bound token", func(t *testing.T) {
+		k := env.podToken(t, ctx, nodeB)
+		r := &agentcert.Requester{Client: k, NodeName: nodeB, Dir: t.TempDir(), Timeout: 30 * time.Second, Log: zaptest.NewLogger(t)}
+		if err := r.Ensure(ctx); err != nil {
+			t.Fatalf("Ensure with the token of an agent pod on %s: %v", nodeB, err)
+		}
+		// The same token asking for the other node's name.
+		other := &agentcert.Requester{Client: k, NodeName: nodeA, Dir: t.TempDir(), Timeout: 30 * time.Second, Log: zaptest.NewLogger(t)}
+		if err := other.Ensure(ctx); err == nil || !strings.Contains(err.Error(), "Denied") {
+			t.Fatalf("Ensure for %s with the token of a pod on %s = %v, want Denied", nodeA, nodeB, err)
 		}
 	})
 

@@ -298,3 +298,63 @@ func TestNodeIdentityAgentGetsCertificateForItsNodeOnly(t *testing.T) {
 		})
 	}
 }
+
+// TestRotationBundlePublishedAndOverlaps: the controller publishes the agent CA bundle to
+// a real API server and to its own file; when the CA file is replaced, the new CA goes
+// first and the old one stays next to it; an entry removed by hand is not brought back.
+func TestRotationBundlePublishedAndOverlaps(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.CreateNamespace(ctx, "execgate-system"); err != nil {
+		t.Fatal(err)
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(c.RESTConfig, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ca1, ca2 := testpki.NewCA(t, "ca-1"), testpki.NewCA(t, "ca-2")
+	caFile := ca1.WriteFile(t, filepath.Join(dir, "tls.crt"))
+	p := &BundlePublisher{Client: cl, Reader: cl, Namespace: "execgate-system", Name: "execgate-agent-ca-bundle",
+		CACertFile: caFile, LocalFile: filepath.Join(dir, "run", "agent-ca", "ca.crt")}
+	published := func() (cm, local []string) {
+		t.Helper()
+		got, err := c.Client.CoreV1().ConfigMaps("execgate-system").Get(ctx, p.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(p.LocalFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return subjects(t, []byte(got.Data[BundleKey])), subjects(t, data)
+	}
+	check := func(step string, want ...string) {
+		t.Helper()
+		if err := p.Sync(ctx); err != nil {
+			t.Fatalf("%s: Sync: %v", step, err)
+		}
+		cm, local := published()
+		if !slices.Equal(cm, want) || !slices.Equal(local, want) {
+			t.Fatalf("%s: ConfigMap holds %v, local file %v, want %v", step, cm, local, want)
+		}
+	}
+	check("first publication", "ca-1")
+	ca2.WriteFile(t, caFile)
+	check("CA replaced", "ca-2", "ca-1")
+	check("again", "ca-2", "ca-1")
+	cm, err := c.Client.CoreV1().ConfigMaps("execgate-system").Get(ctx, p.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.Data[BundleKey] = string(ca2.CertPEM)
+	if _, err := c.Client.CoreV1().ConfigMaps("execgate-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	check("old CA retired by hand", "ca-2")
+}

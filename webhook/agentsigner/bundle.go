@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
@@ -58,6 +59,9 @@ func (p *BundlePublisher) Sync(ctx context.Context) error {
 		return err
 	}
 	if old, _ := os.ReadFile(p.LocalFile); !bytes.Equal(old, bundle) {
+		if err := os.MkdirAll(filepath.Dir(p.LocalFile), 0o700); err != nil {
+			return fmt.Errorf("create %s: %w", filepath.Dir(p.LocalFile), err)
+		}
 		if err := writeFile(p.LocalFile, bundle); err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -32,6 +33,10 @@ import (
 
 	"github.com/execgate/execgate/internal/testpki"
 	"github.com/execgate/execgate/nodeagent/agentcert"
+	"github.com/execgate/execgate/nodeagent/agentclient"
+	"github.com/execgate/execgate/nodeagent/podpolicy"
+	"github.com/execgate/execgate/nodeagent/server"
+	agentv1 "github.com/execgate/execgate/proto/execgate/agent/v1"
 	"github.com/execgate/execgate/test/e2e/cluster"
 )
 
@@ -40,10 +45,12 @@ const agentUser = "system:serviceaccount:execgate-system:execgate-agent"
 // signerEnv is a real API server, two nodes, the agent CA on disk and the signer
 // reconciling every CSR of its signer until the test ends.
 type signerEnv struct {
-	c      *cluster.Cluster
-	nodes  []string
-	caFile string
-	ca     *testpki.CA
+	c       *cluster.Cluster
+	cl      client.Client
+	nodes   []string
+	caFile  string
+	keyFile string
+	ca      *testpki.CA
 }
 
 func startSigner(t *testing.T) *signerEnv {
@@ -90,6 +97,7 @@ func startSigner(t *testing.T) *signerEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	env.cl, env.keyFile = cl, keyFile
 	s := &Signer{Client: cl, AgentUsername: agentUser, CACertFile: env.caFile, CAKeyFile: keyFile, Log: zaptest.NewLogger(t)}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -123,6 +131,74 @@ func (env *signerEnv) as(t *testing.T, user string, extra map[string][]string) k
 		t.Fatal(err)
 	}
 	return k
+}
+
+// statusOnly is the smallest agent backend: GetStatus answers, nothing else is called.
+type statusOnly struct{}
+
+func (statusOnly) ApplyPodPolicy(context.Context, *podpolicy.PodPolicy) (bool, uint64, error) {
+	return false, 0, errors.New("not used")
+}
+func (statusOnly) RemovePod(context.Context, string) (bool, error) { return false, nil }
+func (statusOnly) RemovePolicy(context.Context, podpolicy.PolicyRef) (bool, error) {
+	return false, nil
+}
+func (statusOnly) Status(context.Context) (*agentv1.AgentStatus, error) {
+	return &agentv1.AgentStatus{}, nil
+}
+func (statusOnly) Subscribe(context.Context, podpolicy.EventFilter) (<-chan *agentv1.ExecEvent, func()) {
+	ch := make(chan *agentv1.ExecEvent)
+	return ch, func() {}
+}
+
+// checkChain serves the agent API with the certificate r obtained, trusting the CA bundle
+// the controller publishes, and dials it as the controller does (minted client
+// certificate, DialNode): it answers for node and is refused when dialled as other.
+func (env *signerEnv) checkChain(t *testing.T, ctx context.Context, r *agentcert.Requester, node, other string) {
+	t.Helper()
+	dir := t.TempDir()
+	iss := &ClientCertIssuer{CACertFile: env.caFile, CAKeyFile: env.keyFile, CommonName: "execgate-controller", Dir: filepath.Join(dir, "client")}
+	if err := iss.Issue(); err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(dir, "bundle", "ca.crt")
+	if err := (&BundlePublisher{Client: env.cl, Reader: env.cl, Namespace: metav1.NamespaceDefault, Name: "execgate-agent-ca-bundle",
+		CACertFile: env.caFile, LocalFile: bundle}).Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{NodeName: node, CertFile: r.CertFile(), KeyFile: r.KeyFile(), ClientCAFile: bundle,
+		AllowedClientIdentities: []string{"execgate-controller"}, ShutdownGracePeriod: time.Second}, statusOnly{}, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, lis) }()
+	defer func() { stop(); <-served }()
+	d, err := agentclient.NewDialer(agentclient.Config{CertFile: iss.CertFile(), KeyFile: iss.KeyFile(), CAFile: bundle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		dialAs string
+		ok     bool
+	}{{node, true}, {other, false}} {
+		c, err := d.DialNode(tc.dialAs, lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = c.GetStatus(cctx, &agentv1.GetStatusRequest{})
+		cancel()
+		_ = c.Close()
+		if (err == nil) != tc.ok {
+			t.Errorf("GetStatus dialling %s's agent as %s: %v, want success %v", node, tc.dialAs, err, tc.ok)
+		}
+	}
 }
 
 // podToken creates the agents' service account and an agent pod bound to node, and
@@ -208,6 +284,7 @@ func TestNodeIdentityAgentGetsCertificateForItsNodeOnly(t *testing.T) {
 		if _, err := leaf.Verify(x509.VerifyOptions{Roots: env.ca.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
 			t.Error("agent certificate verifies as a client certificate")
 		}
+		env.checkChain(t, ctx, r, nodeA, nodeB)
 	})
 
 	t.Run("agent of a node, with a real pod-bound token", func(t *testing.T) {

@@ -92,7 +92,9 @@ func (r *Requester) Run(ctx context.Context) error {
 	for {
 		wait := time.Minute
 		if leaf, err := r.current(); err == nil {
-			wait = max(time.Until(leaf.NotAfter)-r.Lifetime/3, 0)
+			// At least a minute apart: a certificate capped by a CA that expires soon
+			// must not make the agent file CSRs in a loop.
+			wait = max(time.Until(leaf.NotAfter)-r.Lifetime/3, time.Minute)
 		}
 		select {
 		case <-ctx.Done():

@@ -114,11 +114,12 @@ func newAgentFleet(t *testing.T) *agentFleet {
 	return f
 }
 
-// serve runs a real agent gRPC server (mTLS, the fleet's CA) for node on addr
-// ("127.0.0.1:0" for any port) over backend, until the returned stop is called.
+// serve runs a real agent gRPC server (mTLS, the fleet's CA, a serving certificate
+// naming node as the chart's issuer does) for node on addr ("127.0.0.1:0" for any port)
+// over backend, until the returned stop is called.
 func (f *agentFleet) serve(t *testing.T, node, addr string, backend server.Backend) (string, func()) {
 	t.Helper()
-	certFile, keyFile := f.ca.ServerCert(t).WriteFiles(t, t.TempDir(), "agent")
+	certFile, keyFile := f.ca.ServerCert(t, node).WriteFiles(t, t.TempDir(), "agent")
 	srv, err := server.New(server.Config{
 		NodeName: node, CertFile: certFile, KeyFile: keyFile,
 		ClientCAFile:            filepath.Join(f.dir, "ca.crt"),

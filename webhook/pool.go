@@ -21,7 +21,8 @@ var ErrNoAgent = errors.New("no agent known for node")
 const DefaultPoolSize = 1024
 
 // AgentPool hands out one gRPC connection per node, dialled on first use with the
-// Dialer's mTLS credentials. A connection is closed when the LRU evicts it and when the
+// Dialer's mTLS credentials; every handshake requires the agent's certificate to name
+// that node (agentclient.Dialer.DialNode). A connection is closed when the LRU evicts it and when the
 // node's agent address changes. Safe for concurrent use.
 type AgentPool struct {
 	dialer    *agentclient.Dialer
@@ -74,7 +75,8 @@ func (p *AgentPool) Client(node string) (agentv1.AgentServiceClient, error) {
 		}
 		p.conns.Remove(node) // the agent moved (restart, new IP): close the old connection
 	}
-	client, err := p.dialer.Dial(addr)
+	// The agent must prove it is node's: its certificate names node (DialNode).
+	client, err := p.dialer.DialNode(node, addr)
 	if err != nil {
 		return nil, fmt.Errorf("node %q: %w", node, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/execgate/execgate/api/v1alpha1"
 	"github.com/execgate/execgate/nodeagent/agentclient"
+	"github.com/execgate/execgate/webhook/agentsigner"
 )
 
 // Webhook paths; deploy/helm/execgate (values webhook.paths) must match.
@@ -38,10 +40,21 @@ type Config struct {
 	AgentCAFile   string
 	AgentCertFile string
 	AgentKeyFile  string
-	AgentServer   string // name the agents' serving certificate carries
-	AgentPort     int
-	AgentNS       string
-	AgentSelector string
+	// AgentSignerCertFile and AgentSignerKeyFile are the agent CA: with them the
+	// controller signs agents' per-node serving certificates (agentsigner) and,
+	// when AgentCertFile is empty, mints its own client certificate in AgentClientDir.
+	AgentSignerCertFile string
+	AgentSignerKeyFile  string
+	AgentClientDir      string
+	// AgentServiceAccount ("namespace/name") is the only requester whose CSRs are signed.
+	AgentServiceAccount string
+	// AgentCABundleConfigMap ("namespace/name"), with the signer files: publish the
+	// agent trust bundle there (agents mount it) and use it as AgentCAFile, which is
+	// then written by the controller.
+	AgentCABundleConfigMap string
+	AgentPort              int
+	AgentNS                string
+	AgentSelector          string
 	// AgentEndpoints, when set ("node=host:port,..."), replaces agent discovery.
 	AgentEndpoints string
 	MetricsAddr    string
@@ -62,8 +75,27 @@ func (c *Config) validate() (static map[string]string, selector labels.Selector,
 	if c.WebhookPort < 1 || c.WebhookPort > 65535 {
 		errs = append(errs, fmt.Errorf("--webhook-port %d is not a port", c.WebhookPort))
 	}
-	if c.AgentCAFile == "" || c.AgentCertFile == "" || c.AgentKeyFile == "" {
-		errs = append(errs, errors.New("--agent-ca-file, --agent-client-cert-file and --agent-client-key-file are required: agents accept only mTLS"))
+	signer := c.AgentSignerCertFile != "" || c.AgentSignerKeyFile != ""
+	switch {
+	case c.AgentCAFile == "":
+		errs = append(errs, errors.New("--agent-ca-file is required: agents accept only mTLS"))
+	case (c.AgentCertFile == "") != (c.AgentKeyFile == ""):
+		errs = append(errs, errors.New("--agent-client-cert-file and --agent-client-key-file go together"))
+	case c.AgentCertFile == "" && (!signer || c.AgentClientDir == ""):
+		errs = append(errs, errors.New("give --agent-client-cert-file and --agent-client-key-file, or the agent CA (--agent-signer-cert-file, --agent-signer-key-file) and --agent-client-dir to mint one"))
+	}
+	if c.AgentCABundleConfigMap != "" {
+		if ns, name, ok := strings.Cut(c.AgentCABundleConfigMap, "/"); !ok || ns == "" || name == "" || !signer {
+			errs = append(errs, fmt.Errorf("--agent-ca-bundle-configmap %q: want namespace/name, with --agent-signer-cert-file", c.AgentCABundleConfigMap))
+		}
+	}
+	if signer {
+		if c.AgentSignerCertFile == "" || c.AgentSignerKeyFile == "" {
+			errs = append(errs, errors.New("--agent-signer-cert-file and --agent-signer-key-file go together"))
+		}
+		if ns, name, ok := strings.Cut(c.AgentServiceAccount, "/"); !ok || ns == "" || name == "" {
+			errs = append(errs, fmt.Errorf("--agent-service-account %q: want namespace/name of the agents' service account (the only requester whose certificates are signed)", c.AgentServiceAccount))
+		}
 	}
 	if c.AgentEndpoints != "" {
 		if static, err = ParseStaticEndpoints(c.AgentEndpoints); err != nil {
@@ -82,6 +114,10 @@ func (c *Config) validate() (static map[string]string, selector labels.Selector,
 	}
 	return static, selector, errors.Join(errs...)
 }
+
+// ControllerClientName is the identity of the client certificate the controller mints
+// for itself; agents allow it with --client-name (the chart's execgate.controller.clientName).
+const ControllerClientName = "execgate-controller"
 
 // LeaderElectionID names the Lease the replicas elect their leader with.
 const LeaderElectionID = "execgate-controller.execgate.io"
@@ -128,9 +164,44 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if static == nil {
 		directory = NewAgentDirectory(cfg.AgentNS, selector, cfg.AgentPort, log.Named("discovery"))
 	}
+	if cfg.AgentCABundleConfigMap != "" {
+		ns, name, _ := strings.Cut(cfg.AgentCABundleConfigMap, "/")
+		bundle := &agentsigner.BundlePublisher{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Namespace: ns, Name: name,
+			CACertFile: cfg.AgentSignerCertFile, LocalFile: cfg.AgentCAFile, Log: log.Named("agent-ca-bundle")}
+		if err := bundle.Sync(ctx); err != nil {
+			return fmt.Errorf("publish the agent CA bundle: %w", err)
+		}
+		if err := mgr.Add(bundle); err != nil {
+			return fmt.Errorf("agent CA bundle: %w", err)
+		}
+	}
+	clientCert, clientKey := cfg.AgentCertFile, cfg.AgentKeyFile
+	if clientCert == "" {
+		issuer := &agentsigner.ClientCertIssuer{CACertFile: cfg.AgentSignerCertFile, CAKeyFile: cfg.AgentSignerKeyFile,
+			CommonName: ControllerClientName, Dir: cfg.AgentClientDir, Log: log.Named("client-cert")}
+		if err := issuer.Issue(); err != nil {
+			return err
+		}
+		if err := mgr.Add(issuer); err != nil {
+			return fmt.Errorf("client certificate renewal: %w", err)
+		}
+		clientCert, clientKey = issuer.CertFile(), issuer.KeyFile()
+	}
+	if cfg.AgentSignerCertFile != "" {
+		ns, name, _ := strings.Cut(cfg.AgentServiceAccount, "/")
+		signer := &agentsigner.Signer{Client: mgr.GetClient(), NodeReader: mgr.GetAPIReader(),
+			AgentUsername: "system:serviceaccount:" + ns + ":" + name,
+			CACertFile:    cfg.AgentSignerCertFile, CAKeyFile: cfg.AgentSignerKeyFile,
+			Recorder: mgr.GetEventRecorder("execgate-controller"), Log: log.Named("agent-signer")}
+		if err := signer.SetupWithManager(mgr); err != nil {
+			return err
+		}
+	}
 	dialer, err := agentclient.NewDialer(agentclient.Config{
-		CAFile: cfg.AgentCAFile, CertFile: cfg.AgentCertFile, KeyFile: cfg.AgentKeyFile,
-		ServerName: cfg.AgentServer, Logger: log.Named("agent-tls"),
+		// No shared server name: the pool dials each agent with DialNode, which wants
+		// the node's own name in its certificate.
+		CAFile: cfg.AgentCAFile, CertFile: clientCert, KeyFile: clientKey,
+		Logger: log.Named("agent-tls"),
 	})
 	if err != nil {
 		return err

@@ -24,6 +24,7 @@ func main() {
 	flag.StringVar(&cfg.GRPCAddr, "grpc-addr", ":9443", "address of the agent gRPC API")
 	flag.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serving certificate (PEM)")
 	flag.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "serving key (PEM)")
+	flag.StringVar(&cfg.TLSRequestDir, "tls-request-dir", "", "instead of --tls-cert-file/--tls-key-file: request a serving certificate naming this node from the controller (CSR signer execgate.io/agent-serving) and keep it in this directory")
 	flag.StringVar(&cfg.ClientCAFile, "client-ca-file", "", "CA bundle client certificates must chain to")
 	flag.StringVar(&cfg.ClientName, "client-name", "execgate-controller", "identity (CN or SAN) a client certificate must carry")
 	flag.BoolVar(&cfg.InsecureForTesting, "insecure-for-testing", false, "serve gRPC without TLS or client authentication: FOR TESTS ONLY")

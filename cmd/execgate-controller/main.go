@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/execgate/execgate/nodeagent/agentcert"
 	"github.com/execgate/execgate/webhook"
 )
 
@@ -25,7 +26,11 @@ func main() {
 	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA bundle the agents' serving certificates chain to")
 	fs.StringVar(&cfg.AgentCertFile, "agent-client-cert-file", "", "client certificate presented to agents")
 	fs.StringVar(&cfg.AgentKeyFile, "agent-client-key-file", "", "key of --agent-client-cert-file")
-	fs.StringVar(&cfg.AgentServer, "agent-server-name", "", "name the agents' serving certificate carries (agents are dialled by IP)")
+	fs.StringVar(&cfg.AgentSignerCertFile, "agent-signer-cert-file", "", "agent CA certificate: sign agents' per-node serving certificates (CSR signer "+agentcert.SignerName+")")
+	fs.StringVar(&cfg.AgentSignerKeyFile, "agent-signer-key-file", "", "key of --agent-signer-cert-file")
+	fs.StringVar(&cfg.AgentClientDir, "agent-client-dir", "", "directory where the controller mints its client certificate when --agent-client-cert-file is empty")
+	fs.StringVar(&cfg.AgentServiceAccount, "agent-service-account", "", "namespace/name of the agents' service account, the only requester whose certificates are signed")
+	fs.StringVar(&cfg.AgentCABundleConfigMap, "agent-ca-bundle-configmap", "", "namespace/name of the ConfigMap to publish the agent CA bundle in (then --agent-ca-file is written, not read)")
 	fs.IntVar(&cfg.AgentPort, "agent-port", 9443, "agents' gRPC port")
 	fs.StringVar(&cfg.AgentNS, "agent-namespace", "", "namespace of the agent pods")
 	fs.StringVar(&cfg.AgentSelector, "agent-selector", "", "label selector of the agent pods")

@@ -69,7 +69,7 @@ func TestChartRefusesInsecureAgent(t *testing.T) {
 			if err != nil {
 				t.Fatalf("helm template: %v\n%s", err, out)
 			}
-			for _, want := range []string{"--tls-cert-file=", "--tls-key-file=", "--client-ca-file=", "--client-name="} {
+			for _, want := range []string{"--tls-request-dir=", "--client-ca-file=", "--client-name="} {
 				if !strings.Contains(out, want) {
 					t.Errorf("agent arguments lack %s", want)
 				}

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/execgate/execgate/nodeagent/agentcert"
 	"github.com/execgate/execgate/nodeagent/cgroups"
 	"github.com/execgate/execgate/nodeagent/enforcer"
 	"github.com/execgate/execgate/nodeagent/server"
@@ -27,10 +28,13 @@ import (
 
 // Config is the agent binary's configuration (one field per flag).
 type Config struct {
-	NodeName            string
-	GRPCAddr            string
-	TLSCertFile         string
-	TLSKeyFile          string
+	NodeName    string
+	GRPCAddr    string
+	TLSCertFile string
+	TLSKeyFile  string
+	// TLSRequestDir, instead of TLSCertFile/TLSKeyFile: request a serving
+	// certificate naming this node from the controller (agentcert) and keep it here.
+	TLSRequestDir       string
 	ClientCAFile        string
 	ClientName          string
 	InsecureForTesting  bool
@@ -53,8 +57,9 @@ func (c *Config) validate() error {
 	if c.NodeName == "" {
 		problems = append(problems, "--node-name is required")
 	}
-	if !c.InsecureForTesting && (c.TLSCertFile == "" || c.TLSKeyFile == "" || c.ClientCAFile == "") {
-		problems = append(problems, "--tls-cert-file, --tls-key-file and --client-ca-file are required (or --insecure-for-testing, for tests only)")
+	files := c.TLSCertFile != "" && c.TLSKeyFile != ""
+	if !c.InsecureForTesting && (files == (c.TLSRequestDir != "") || c.ClientCAFile == "") {
+		problems = append(problems, "--client-ca-file and either --tls-request-dir or both --tls-cert-file and --tls-key-file are required (or --insecure-for-testing, for tests only)")
 	}
 	if c.MaxPods <= 0 || c.MaxEntries <= 0 {
 		problems = append(problems, "--max-pods and --max-entries must be positive")
@@ -116,12 +121,25 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(server.Config{
-		ListenAddress: cfg.GRPCAddr, NodeName: cfg.NodeName, Insecure: cfg.InsecureForTesting,
-		CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, ClientCAFile: cfg.ClientCAFile,
-		AllowedClientIdentities: nonEmpty(cfg.ClientName),
-	}, a, base.Named("grpc"), reg)
-	if err != nil {
+	newServer := func() (*server.Server, error) {
+		return server.New(server.Config{
+			ListenAddress: cfg.GRPCAddr, NodeName: cfg.NodeName, Insecure: cfg.InsecureForTesting,
+			CertFile: cfg.TLSCertFile, KeyFile: cfg.TLSKeyFile, ClientCAFile: cfg.ClientCAFile,
+			AllowedClientIdentities: nonEmpty(cfg.ClientName),
+		}, a, base.Named("grpc"), reg)
+	}
+	// With fixed files the server is built now (bad files stop the agent at once). With a
+	// requested certificate it starts once the controller has signed one: enforcement and
+	// the backstop run meanwhile, so a controller outage never stops an agent from starting.
+	var srv *server.Server
+	var requester *agentcert.Requester
+	if cfg.TLSRequestDir != "" && !cfg.InsecureForTesting {
+		if backstop == nil {
+			return errors.New("--tls-request-dir needs API access (--kubeconfig or in-cluster) to request the serving certificate")
+		}
+		requester = &agentcert.Requester{Client: backstop.Kube, NodeName: cfg.NodeName, Dir: cfg.TLSRequestDir, Log: log.Named("cert")}
+		cfg.TLSCertFile, cfg.TLSKeyFile = requester.CertFile(), requester.KeyFile()
+	} else if srv, err = newServer(); err != nil {
 		return err
 	}
 
@@ -151,10 +169,42 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if nodeStatus != nil {
 		g.Go(func() error { return nodeStatus.Run(ctx) })
 	}
-	g.Go(func() error { return srv.ListenAndServe(ctx) })
+	g.Go(func() error {
+		if requester != nil {
+			if err := ensureCertificate(ctx, requester, log); err != nil || ctx.Err() != nil {
+				return err
+			}
+			s, err := newServer()
+			if err != nil {
+				return err
+			}
+			srv = s
+		}
+		return srv.ListenAndServe(ctx)
+	})
+	if requester != nil {
+		g.Go(func() error { return requester.Run(ctx) })
+	}
 	g.Go(func() error { return serveHTTP(ctx, cfg.MetricsAddr, metricsMux) })
 	g.Go(func() error { return serveHTTP(ctx, cfg.HealthAddr, healthMux) })
 	return g.Wait()
+}
+
+// ensureCertificate retries until the controller signed a serving certificate for this
+// node or ctx ends.
+func ensureCertificate(ctx context.Context, r *agentcert.Requester, log *zap.Logger) error {
+	for {
+		err := r.Ensure(ctx)
+		if err == nil || ctx.Err() != nil {
+			return nil
+		}
+		log.Warn("no serving certificate for this node yet; the gRPC API stays closed, enforcement continues", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(10 * time.Second):
+		}
+	}
 }
 
 func nonEmpty(s string) []string {

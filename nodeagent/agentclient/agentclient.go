@@ -4,15 +4,20 @@
 //
 // It owns the client side of the transport: the client certificate and the
 // CA bundle are read from files and re-read when they rotate, so one Dialer
-// serves a long-lived pool of connections to every node.
+// serves a long-lived pool of connections to every node; and the check of the
+// agent's identity: DialNode accepts only a serving certificate that names the
+// node being dialled (DNS SAN = node name) and is for server use only, so the
+// key of one node's agent cannot answer for another node.
 package agentclient
 
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -32,9 +37,9 @@ type Config struct {
 	CertFile string
 	KeyFile  string
 	CAFile   string
-	// ServerName is the name the agents' certificate must carry (agents
-	// are dialled by node IP, so it is usually one shared DNS name). Empty
-	// means the host part of each address.
+	// ServerName is the name Dial (not DialNode, which wants the node's
+	// name) requires in the agent's certificate. Empty means the host part
+	// of each address.
 	ServerName string
 	// ReloadInterval bounds how often the files are checked for rotation.
 	// Default 5s; negative means on every handshake.
@@ -48,6 +53,8 @@ type Config struct {
 // Dialer opens connections to agents, sharing one set of TLS files.
 type Dialer struct {
 	creds credentials.TransportCredentials
+	// tls is nil when Insecure.
+	tls *reloadingCreds
 }
 
 // NewDialer loads the TLS files (unless Insecure). It fails if they cannot
@@ -72,7 +79,8 @@ func NewDialer(cfg Config) (*Dialer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent client: load TLS files: %w", err)
 	}
-	return &Dialer{creds: &reloadingCreds{src: src, serverName: cfg.ServerName}}, nil
+	creds := &reloadingCreds{src: src, serverName: cfg.ServerName}
+	return &Dialer{creds: creds, tls: creds}, nil
 }
 
 // Client is a connection to one agent. Safe for concurrent use.
@@ -86,11 +94,32 @@ type Client struct {
 // with Unavailable if the agent cannot be reached or refuses the client.
 // Callers set per-call deadlines (the webhook must fail open quickly).
 func (d *Dialer) Dial(address string, opts ...grpc.DialOption) (*Client, error) {
+	return d.dial(address, d.creds, opts)
+}
+
+// DialNode is Dial for the agent of node: every handshake of the connection
+// requires the agent's certificate to carry node as a DNS SAN (Config.ServerName
+// is ignored), so a connection that reaches another node's agent, or a node
+// presenting a certificate issued for another node, fails with Unavailable.
+func (d *Dialer) DialNode(node, address string, opts ...grpc.DialOption) (*Client, error) {
+	if node == "" {
+		return nil, errors.New("agent client: node name is required")
+	}
+	creds := d.creds
+	if d.tls != nil {
+		c := *d.tls
+		c.serverName = node
+		creds = &c
+	}
+	return d.dial(address, creds, opts)
+}
+
+func (d *Dialer) dial(address string, creds credentials.TransportCredentials, opts []grpc.DialOption) (*Client, error) {
 	if address == "" {
 		return nil, errors.New("agent client: address is required")
 	}
 	all := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(d.creds),
+		grpc.WithTransportCredentials(creds),
 		// Agents' server permits pings every 10s; detect dead nodes in ~40s.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	}, opts...)
@@ -138,8 +167,26 @@ func (c *reloadingCreds) config() *tls.Config {
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return m.Certificate, nil
 		},
-		ServerName: c.serverName,
+		ServerName:       c.serverName,
+		VerifyConnection: verifyServerOnly,
 	}
+}
+
+// errClientUsage: the agent's certificate could also authenticate a client.
+var errClientUsage = errors.New("agent certificate is also valid for client authentication; agents' serving certificates must carry server usage only")
+
+// verifyServerOnly refuses an agent certificate whose extended key usages are
+// not exactly server auth. A dual-use leaf (the chart's old shared one) could
+// be replayed as a client against other agents.
+func verifyServerOnly(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("agent presented no certificate")
+	}
+	leaf := cs.PeerCertificates[0]
+	if len(leaf.UnknownExtKeyUsage) != 0 || !slices.Equal(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}) {
+		return errClientUsage
+	}
+	return nil
 }
 
 func (c *reloadingCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {

@@ -39,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"code"}),
 		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: MetricHandshakeFailures,
-			Help: "TLS handshakes refused or failed, by reason (not_tls, protocol_version, no_client_cert, unknown_authority, expired, bad_certificate, identity_refused, peer_alert, eof, other).",
+			Help: "TLS handshakes refused or failed, by reason (not_tls, protocol_version, no_client_cert, unknown_authority, expired, bad_certificate, identity_refused, server_usage, peer_alert, eof, other).",
 		}, []string{"reason"}),
 		tlsReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: MetricTLSReloads,

@@ -19,15 +19,24 @@ import (
 // certificate chains to the CA but names nobody in Config.AllowedClientIdentities.
 var errIdentityRefused = errors.New("client certificate identity is not allowed")
 
+// errServerUsage is returned from VerifyConnection when a client's certificate
+// may also serve. Agents' serving certificates are server-only and name their
+// node: refusing dual-use leaves keeps a key taken from one node (or a node
+// named like the controller) from ever pushing to another node's agent.
+var errServerUsage = errors.New("client certificate is also valid for server authentication; the controller's client certificate must carry client usage only")
+
 // serverTLSConfig builds a config whose every handshake uses the latest
 // certificate and CA bundle from src.
 func serverTLSConfig(src *tlsfiles.Source, allowed []string) *tls.Config {
 	verifyIdentity := func(cs tls.ConnectionState) error {
-		if len(allowed) == 0 {
-			return nil
-		}
 		if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
 			return errIdentityRefused // unreachable with RequireAndVerifyClientCert
+		}
+		if !clientOnly(cs.VerifiedChains[0][0]) {
+			return errServerUsage
+		}
+		if len(allowed) == 0 {
+			return nil
 		}
 		if id := matchIdentity(cs.VerifiedChains[0][0], allowed); id == "" {
 			return errIdentityRefused
@@ -47,6 +56,13 @@ func serverTLSConfig(src *tlsfiles.Source, allowed []string) *tls.Config {
 			}, nil
 		},
 	}
+}
+
+// clientOnly reports whether leaf may authenticate a client and nothing else:
+// its extended key usages are exactly client auth (no server auth, no "any",
+// and not empty, which Go and most verifiers read as "any").
+func clientOnly(leaf *x509.Certificate) bool {
+	return len(leaf.UnknownExtKeyUsage) == 0 && slices.Equal(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
 }
 
 // matchIdentity returns the first of the leaf's names (CN, DNS SANs, URI
@@ -86,6 +102,8 @@ func handshakeFailureReason(err error) string {
 		return "protocol_version"
 	case errors.Is(err, errIdentityRefused):
 		return "identity_refused"
+	case errors.Is(err, errServerUsage):
+		return "server_usage"
 	case errors.As(err, &unknownCA):
 		return "unknown_authority"
 	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:

@@ -109,3 +109,42 @@ func TestNoTLSWithoutInsecure(t *testing.T) {
 		t.Fatalf("plaintext HTTP/2 preface answered with %q", buf[:n])
 	}
 }
+
+// TestNodeIdentityAgentCertCannotPush: agents' serving certificates name their node and
+// carry server usage only; a client must carry client usage only. Before issue 14 the
+// chart's leaves had both usages (Sprig's genSignedCert), so the key of any node's agent,
+// or of a node named like the controller ("execgate-webhook" here), was a valid client
+// of every other agent. Each row chains to the agent CA and names an allowed identity,
+// and is refused under reason server_usage without reaching the backend; on the old code
+// both rows were accepted (ApplyPodPolicy reached the backend).
+func TestNodeIdentityAgentCertCannotPush(t *testing.T) {
+	env := startServer(t, nil)
+	tests := []struct {
+		name string
+		cert *testpki.KeyPair
+	}{
+		{"client and server usage", env.ca.Issue(t, testpki.CertOptions{
+			CommonName: "execgate-webhook", DNSNames: []string{"execgate-webhook"}, Server: true, Client: true,
+		})},
+		{"no extended key usage (any)", env.ca.Issue(t, testpki.CertOptions{CommonName: "execgate-webhook"})},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := env.metric(t, MetricHandshakeFailures, map[string]string{"reason": "server_usage"})
+			calls := env.backend.calls.Load()
+			_, err := env.client(t, tc.cert).ApplyPodPolicy(callCtx(t), applyReq("pod-1", 1))
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("ApplyPodPolicy with a %s certificate = %v, want Unavailable (refused handshake)", tc.name, err)
+			}
+			if env.backend.calls.Load() != calls {
+				t.Fatal("backend was called for a refused client")
+			}
+			eventually(t, MetricHandshakeFailures+`{reason="server_usage"}`, func() bool {
+				return env.metric(t, MetricHandshakeFailures, map[string]string{"reason": "server_usage"}) > before
+			})
+		})
+	}
+	if _, err := env.goodClient(t).GetStatus(callCtx(t), &agentv1.GetStatusRequest{}); err != nil {
+		t.Fatalf("client-only certificate refused: %v", err)
+	}
+}

@@ -52,10 +52,7 @@ const (
 	// Namespace is where the chart is installed.
 	Namespace = "execgate-system"
 	// Release is the Helm release name; the chart's names derive from it.
-	Release = "execgate"
-	// agentServerName is the name in the agents' serving certificates, as the
-	// chart's execgate.agent.serverName renders it for this release.
-	agentServerName      = "execgate-agent.execgate-system.svc"
+	Release              = "execgate"
 	controllerClientName = "execgate-controller"
 )
 
@@ -239,29 +236,18 @@ func (e *Env) clients(context.Context) error {
 	return nil
 }
 
-// writePKI issues the agents' serving certificate, the controller's client
-// certificate for agents, and the webhook's serving certificate, all from the
-// cluster CA.
+// writePKI issues the controller's client certificate for agents and the
+// webhook's serving certificate from the cluster CA; each agent's serving
+// certificate, which names its node as the chart's issuer does, is issued in
+// startAgents.
 func (e *Env) writePKI(context.Context) error {
 	ca := e.Cluster.CA
 	files := map[string]func() (cluster.KeyPair, error){
-		"agent":             func() (cluster.KeyPair, error) { return ca.IssueServingCert(agentServerName, "127.0.0.1") },
 		"controller-client": func() (cluster.KeyPair, error) { return ca.IssueClientCert(controllerClientName) },
 		"webhook":           func() (cluster.KeyPair, error) { return ca.IssueServingCert("127.0.0.1", "localhost") },
 	}
 	for name, issue := range files {
-		pair, err := issue()
-		if err != nil {
-			return err
-		}
-		dir := filepath.Join(e.Dir, "pki", name)
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(dir, "tls.crt"), pair.CertPEM, 0o600); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(dir, "tls.key"), pair.KeyPEM, 0o600); err != nil {
+		if err := e.writeKeyPair(name, issue); err != nil {
 			return err
 		}
 	}
@@ -269,12 +255,28 @@ func (e *Env) writePKI(context.Context) error {
 		return err
 	}
 	d, err := agentclient.NewDialer(agentclient.Config{CAFile: e.pki("ca.crt"),
-		CertFile: e.pki("controller-client/tls.crt"), KeyFile: e.pki("controller-client/tls.key"), ServerName: agentServerName})
+		CertFile: e.pki("controller-client/tls.crt"), KeyFile: e.pki("controller-client/tls.key")})
 	if err != nil {
 		return err
 	}
 	e.dialer = d
 	return nil
+}
+
+// writeKeyPair writes pki/name/tls.crt and tls.key.
+func (e *Env) writeKeyPair(name string, issue func() (cluster.KeyPair, error)) error {
+	pair, err := issue()
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(e.Dir, "pki", name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tls.crt"), pair.CertPEM, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "tls.key"), pair.KeyPEM, 0o600)
 }
 
 func (e *Env) pki(rel string) string { return filepath.Join(e.Dir, "pki", rel) }
@@ -387,12 +389,16 @@ func (e *Env) startAgents(ctx context.Context) error {
 			}
 			host = n.net.agentAddr
 		}
+		// SAN = node name, server usage only: the controller's DialNode checks both.
+		if err := e.writeKeyPair("agent-"+n.Name, func() (cluster.KeyPair, error) { return e.Cluster.CA.IssueServingCert(n.Name) }); err != nil {
+			return fmt.Errorf("serving certificate of %s: %w", n.Name, err)
+		}
 		n.grpcAddr = host + ":" + strconv.Itoa(ports[0])
 		n.MetricsURL = "http://" + host + ":" + strconv.Itoa(ports[1]) + "/metrics"
 		n.healthAddr = host + ":" + strconv.Itoa(ports[2])
 		n.args = []string{
 			"--node-name=" + n.Name, "--grpc-addr=" + n.grpcAddr,
-			"--tls-cert-file=" + e.pki("agent/tls.crt"), "--tls-key-file=" + e.pki("agent/tls.key"),
+			"--tls-cert-file=" + e.pki("agent-"+n.Name+"/tls.crt"), "--tls-key-file=" + e.pki("agent-"+n.Name+"/tls.key"),
 			"--client-ca-file=" + e.pki("ca.crt"), "--client-name=" + controllerClientName,
 			"--metrics-addr=" + host + ":" + strconv.Itoa(ports[1]), "--health-addr=" + n.healthAddr,
 			"--bpffs=" + n.PinDir, "--cgroup-driver=systemd", "--kubelet-cgroup-parent=" + n.cgroupRoot,
@@ -481,7 +487,7 @@ func (n *Node) AgentLog(lines int) string {
 
 // Status calls the agent's GetStatus directly (not through the link), with mTLS.
 func (n *Node) Status(ctx context.Context) (*agentv1.AgentStatus, error) {
-	c, err := n.env.dialer.Dial(n.grpcAddr)
+	c, err := n.env.dialer.DialNode(n.Name, n.grpcAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -566,7 +572,9 @@ func IsDenial(err error) bool {
 }
 
 // AgentClient dials the node's agent directly with the controller's identity.
-func (n *Node) AgentClient() (*agentclient.Client, error) { return n.env.dialer.Dial(n.grpcAddr) }
+func (n *Node) AgentClient() (*agentclient.Client, error) {
+	return n.env.dialer.DialNode(n.Name, n.grpcAddr)
+}
 
 func (e *Env) startController(ctx context.Context) error {
 	kubeconfig, err := e.kubeconfigFor("controller")
@@ -586,7 +594,7 @@ func (e *Env) startController(ctx context.Context) error {
 		"--kubeconfig=" + kubeconfig, "--push-timeout=" + e.opts.PushTimeout.String(),
 		"--webhook-port=" + strconv.Itoa(ports[0]), "--webhook-cert-dir=" + e.pki("webhook"),
 		"--agent-ca-file=" + e.pki("ca.crt"), "--agent-client-cert-file=" + e.pki("controller-client/tls.crt"),
-		"--agent-client-key-file=" + e.pki("controller-client/tls.key"), "--agent-server-name=" + agentServerName,
+		"--agent-client-key-file=" + e.pki("controller-client/tls.key"),
 		"--agent-endpoints=" + strings.Join(endpoints, ","),
 		"--metrics-addr=127.0.0.1:" + strconv.Itoa(ports[1]), "--health-addr=127.0.0.1:" + strconv.Itoa(ports[2]),
 	}

@@ -1,0 +1,163 @@
+// Package loaders tells a dynamic loader from a program by what the file is, not by
+// what it is called.
+//
+// A dynamic loader (glibc's ld.so, in any version and under any name: ld-2.31.so,
+// /nix/store/...-glibc-2.38/lib/ld-linux-x86-64.so.2; musl's libc.so) run directly
+// ("ld.so /any/file") maps and runs a file that is never exec'd itself, so the kernel
+// checks only the loader: an allowlist that allows a loader allows everything.
+// internal/execpath refuses the loaders' usual names; this package recognises them by
+// content, so that the node agent can refuse them whatever their name.
+//
+// It owns the ELF check (Check, CheckFile) and opening a path the way a container sees
+// it (OpenInRoot). It must not know Kubernetes, cgroups or the enforcer.
+package loaders
+
+import (
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Verdict is what Check found.
+type Verdict struct {
+	// Loader is true for a shared object that runs on its own: see Check.
+	Loader bool
+	// Reason says why, in words that follow a file's name in a message.
+	Reason string
+}
+
+// maxDynamic bounds the PT_DYNAMIC segment read: real ones are a few hundred bytes.
+const maxDynamic = 64 << 10
+
+// df1PIE is DF_1_PIE in DT_FLAGS_1: the object is a position-independent program.
+const df1PIE = 0x08000000
+
+// ErrNotELF reports a file that is not ELF (a script, data): never a loader.
+var ErrNotELF = errors.New("not an ELF file")
+
+// Check reads an ELF file and says whether it is a dynamic loader. A loader is the one
+// kind of shared object that runs by itself: ELF type ET_DYN, no PT_INTERP (the kernel
+// starts it without an interpreter), and not marked as a program (DF_1_PIE). That
+// describes glibc's ld.so and musl's libc.so in every version, and no program: a PIE
+// program has PT_INTERP, a static-pie program has DF_1_PIE, a static program is ET_EXEC.
+// Ordinary libraries (libm.so.6) match too: they are not programs either, and no
+// policy needs them. Linkers older than binutils 2.33 wrote static-pie programs without
+// DF_1_PIE; those are refused as well (fail closed).
+//
+// A file that is not ELF returns ErrNotELF; a malformed ELF file an error. Check never
+// panics on hostile input.
+func Check(r io.ReaderAt) (v Verdict, err error) {
+	defer func() {
+		if p := recover(); p != nil { // debug/elf on hostile input: refuse, never crash the agent
+			v, err = Verdict{}, fmt.Errorf("malformed ELF file: %v", p)
+		}
+	}()
+	var magic [4]byte
+	if _, err := r.ReadAt(magic[:], 0); err != nil || string(magic[:]) != elf.ELFMAG {
+		return Verdict{}, ErrNotELF
+	}
+	f, err := elf.NewFile(r)
+	if err != nil {
+		return Verdict{}, fmt.Errorf("malformed ELF file: %w", err)
+	}
+	if f.Type != elf.ET_DYN {
+		return Verdict{Reason: "is an ELF " + f.Type.String() + " file, not a shared object"}, nil
+	}
+	var dynamic *elf.Prog
+	for _, p := range f.Progs {
+		switch p.Type {
+		case elf.PT_INTERP:
+			return Verdict{Reason: "names an interpreter (PT_INTERP): it is a program the loader runs"}, nil
+		case elf.PT_DYNAMIC:
+			dynamic = p
+		}
+	}
+	if dynamic != nil {
+		flags, err := flags1(f, dynamic)
+		if err != nil {
+			return Verdict{}, err
+		}
+		if flags&df1PIE != 0 {
+			return Verdict{Reason: "is a static-pie program (DF_1_PIE, no PT_INTERP)"}, nil
+		}
+	}
+	return Verdict{Loader: true, Reason: "is an ELF shared object that runs without an interpreter (no PT_INTERP, not a PIE program): a dynamic loader such as ld.so, which runs any readable file named on its command line"}, nil
+}
+
+// flags1 reads DT_FLAGS_1 from the PT_DYNAMIC segment itself, so that a file whose
+// section headers were stripped is read the same.
+func flags1(f *elf.File, dynamic *elf.Prog) (uint64, error) {
+	if dynamic.Filesz > maxDynamic {
+		return 0, fmt.Errorf("malformed ELF file: PT_DYNAMIC of %d bytes", dynamic.Filesz)
+	}
+	buf := make([]byte, dynamic.Filesz)
+	if _, err := dynamic.ReadAt(buf, 0); err != nil {
+		return 0, fmt.Errorf("malformed ELF file: read PT_DYNAMIC: %w", err)
+	}
+	size, word := 16, 8
+	if f.Class == elf.ELFCLASS32 {
+		size, word = 8, 4
+	}
+	read := func(b []byte) uint64 {
+		if word == 4 {
+			return uint64(f.ByteOrder.Uint32(b))
+		}
+		return f.ByteOrder.Uint64(b)
+	}
+	for off := 0; off+size <= len(buf); off += size {
+		tag, val := read(buf[off:]), read(buf[off+word:])
+		switch elf.DynTag(tag) {
+		case elf.DT_NULL:
+			return 0, nil
+		case elf.DT_FLAGS_1:
+			return val, nil
+		}
+	}
+	return 0, nil
+}
+
+// CheckFile opens path (on the agent's own file system) and checks it.
+func CheckFile(path string) (Verdict, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Verdict{}, err
+	}
+	defer f.Close()
+	return Check(f)
+}
+
+// OpenInRoot opens path as a process whose root directory is root sees it, without
+// following symbolic links: the kernel names an executable by the path it resolved,
+// so an allowlist entry matches only the file reached through no link at all. Absolute
+// links and ".." cannot leave root (RESOLVE_IN_ROOT), nor can magic links of /proc.
+// The file is opened read-only, non-blocking (a FIFO at an allowed path must not hang
+// the agent) and must be a regular file.
+func OpenInRoot(root *os.File, path string) (*os.File, error) {
+	fd, err := unix.Openat2(int(root.Fd()), path, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, &os.PathError{Op: "openat2", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, &os.PathError{Op: "open", Path: path, Err: errors.New("not a regular file")}
+	}
+	return f, nil
+}
+
+// OpenRoot opens the root directory of process pid (/proc/<pid>/root) for OpenInRoot.
+func OpenRoot(proc string, pid int) (*os.File, error) {
+	return os.OpenFile(fmt.Sprintf("%s/%d/root", proc, pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+}

@@ -19,6 +19,7 @@ type metrics struct {
 	gcRemovals    prometheus.Counter
 	violations    *prometheus.CounterVec // namespace, policy, action
 	labelChanges  *prometheus.CounterVec // namespace, policy, change
+	loaders       *prometheus.CounterVec // namespace, policy, result
 }
 
 func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
@@ -41,8 +42,12 @@ func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
 			Name: "execgate_agent_policy_label_changes_total",
 			Help: "Running pods whose execgate.io/policy label was removed (change=removed) or set to another policy (change=changed) after they were bound, by namespace and the policy they stay bound to: the agent keeps that binding until the pod is deleted. Each change of a pod's label counts once.",
 		}, []string{"namespace", "policy", "change"}),
+		loaders: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "execgate_agent_loaders_total",
+			Help: "Dynamic loaders found by content at paths a policy allows or learns, by namespace, policy and result: refused (an allowed path or prefix rule refused on this node), incomplete (a prefix rule's directory too large to inspect whole), learn_dropped (a Learn event for a loader, never proposed), learn_unverified (a Learn event whose file could not be read, not proposed this time).",
+		}, []string{"namespace", "policy", "result"}),
 	}
-	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, m.labelChanges, &stateCollector{a: a}} {
+	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, m.labelChanges, m.loaders, &stateCollector{a: a}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -76,6 +81,12 @@ func (m *metrics) violation(ev *agentv1.ExecEvent) {
 func (m *metrics) labelChanged(namespace, policy, change string) {
 	if m != nil {
 		m.labelChanges.WithLabelValues(namespace, policy, change).Inc()
+	}
+}
+
+func (m *metrics) loaderCheck(namespace, policy, result string) {
+	if m != nil {
+		m.loaders.WithLabelValues(namespace, policy, result).Inc()
 	}
 }
 

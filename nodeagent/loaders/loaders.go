@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -160,4 +161,78 @@ func OpenInRoot(root *os.File, path string) (*os.File, error) {
 // OpenRoot opens the root directory of process pid (/proc/<pid>/root) for OpenInRoot.
 func OpenRoot(proc string, pid int) (*os.File, error) {
 	return os.OpenFile(fmt.Sprintf("%s/%d/root", proc, pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+}
+
+// openDirInRoot opens directory dir as OpenInRoot opens a file.
+func openDirInRoot(root *os.File, dir string) (*os.File, error) {
+	fd, err := unix.Openat2(int(root.Fd()), dir, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, &os.PathError{Op: "openat2", Path: dir, Err: err}
+	}
+	return os.NewFile(uintptr(fd), dir), nil
+}
+
+// maxFindDepth bounds how deep FindInRoot descends below a prefix rule's directory.
+const maxFindDepth = 16
+
+// FindInRoot looks for loaders below directory dir (a prefix rule, "/opt/app/") as
+// root's processes see it. Only regular files with an execute bit are read (the kernel
+// execs nothing else); symbolic links are not followed (the kernel names a file by the
+// path it resolved, which is then visited on its own if it is below dir). At most limit
+// directory entries are visited: complete is false when the walk stopped there. It
+// returns the loaders found, by path, with the reason.
+func FindInRoot(root *os.File, dir string, limit int) (found map[string]string, complete bool, err error) {
+	found = map[string]string{}
+	budget := limit
+	var walk func(path string, depth int) error
+	walk = func(path string, depth int) error {
+		d, err := openDirInRoot(root, path)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		entries, err := d.ReadDir(budget + 1)
+		if err != nil && len(entries) == 0 {
+			return nil // empty, or vanished meanwhile
+		}
+		for _, e := range entries {
+			if budget <= 0 {
+				return nil
+			}
+			budget--
+			child := strings.TrimSuffix(path, "/") + "/" + e.Name()
+			switch {
+			case e.IsDir():
+				if depth >= maxFindDepth {
+					budget = 0 // deeper than the bound: incomplete
+					return nil
+				}
+				if err := walk(child, depth+1); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return err
+				}
+			case e.Type().IsRegular():
+				info, err := e.Info()
+				if err != nil || info.Mode().Perm()&0o111 == 0 {
+					continue
+				}
+				f, err := OpenInRoot(root, child)
+				if err != nil {
+					continue
+				}
+				v, err := Check(f)
+				f.Close()
+				if err == nil && v.Loader {
+					found[child] = v.Reason
+				}
+			}
+		}
+		return nil
+	}
+	if err := walk(dir, 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return found, false, err
+	}
+	return found, budget > 0, nil
 }

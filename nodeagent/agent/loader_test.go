@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/execgate/execgate/internal/testloaders"
+	"github.com/execgate/execgate/nodeagent/cgroups"
+	"github.com/execgate/execgate/nodeagent/podpolicy"
+)
+
+// loaderLab is the files of the loader tests: real loaders of three C libraries at
+// paths no list of loader names knows, and a directory for a prefix rule that holds one.
+type loaderLab struct {
+	set      testloaders.Set
+	launcher string // a copy of this machine's glibc 2.36 loader, named "launcher"
+	glibc231 string // Debian 11's ld-2.31.so, as installed
+	musl     string // Debian 12's musl libc.so, as installed (ld-musl-x86_64.so.1 links to it)
+	prefix   string // a prefix rule: tool (a copy of true) and libexec/ld.so.real (ld-2.31.so)
+}
+
+func newLoaderLab(t *testing.T) *loaderLab {
+	t.Helper()
+	set := testloaders.Fetch(t)
+	dir := realPath(t, t.TempDir())
+	l := &loaderLab{set: set, launcher: filepath.Join(dir, "launcher"), glibc231: realPath(t, set.Glibc231),
+		musl: realPath(t, set.Musl123), prefix: filepath.Join(dir, "app") + "/"}
+	copyExecutable(t, testloaders.HostGlibc, l.launcher)
+	copyExecutable(t, "/usr/bin/true", l.prefix+"tool")
+	copyExecutable(t, set.Glibc231, l.prefix+"libexec/ld.so.real")
+	return l
+}
+
+func copyExecutable(t *testing.T, src, dst string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// attacks are "run the loader on something": each prints a banner only the loader (or
+// the program it maps) prints, so an attack that ran is told from one that was denied.
+func (l *loaderLab) attacks() []struct {
+	name, banner string
+	argv         []string
+} {
+	return []struct {
+		name, banner string
+		argv         []string
+	}{
+		{"glibc 2.36 loader as launcher runs /usr/bin/id", "uid=", []string{l.launcher, "/usr/bin/id"}},
+		{"glibc 2.31 ld-2.31.so runs libc.so.6, never exec'd", "GNU C Library", []string{l.glibc231, "--library-path", l.set.Glibc231Lib, filepath.Join(l.set.Glibc231Lib, "libc.so.6")}},
+		{"musl libc.so runs as the loader", "musl libc", []string{l.musl}},
+		{"ld-2.31.so below a prefix rule runs libc.so.6", "GNU C Library", []string{l.prefix + "libexec/ld.so.real", "--library-path", l.set.Glibc231Lib, filepath.Join(l.set.Glibc231Lib, "libc.so.6")}},
+	}
+}
+
+// ranAs reports whether an exec that printed out with err was allowed to run: it was
+// not refused with EPERM nor killed by SIGKILL, and printed what only it prints.
+func ranAs(out string, err error, banner string) bool {
+	if errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) && exitErr.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL {
+		return false
+	}
+	return strings.Contains(out, banner)
+}
+
+// TestLoaderAllowedByPolicyRefused is issue 14's attack 3: a Protect policy allows a
+// dynamic loader under a name the name list does not know (glibc 2.31's ld-2.31.so,
+// which Learn used to record because ldd runs it; musl's libc.so; this machine's loader
+// copied as "launcher"; a loader below a prefix rule), and "loader /any/file" runs any
+// file. Before the fix all four attacks ran. The agent must find the loaders by content
+// in the container's root and refuse them: each exec is denied, the programs the policy
+// allows still run, execgate_agent_loaders_total counts each refusal.
+func TestLoaderAllowedByPolicyRefused(t *testing.T) {
+	n := newTestNodeEnv(t, cgroups.DriverSystemd)
+	l := newLoaderLab(t)
+	e := n.newEnforcer(t)
+	reg := prometheus.NewRegistry()
+	a := n.startAgent(t, e, func(o *Options) { o.Registry = reg; o.LoaderCheckInterval = 50 * time.Millisecond })
+	uid, cid := podUID(70), containerID(70)
+	_, ctr := n.mkPod(t, uid, cgroups.QoSBurstable, cid)
+	// The container's main process: the agent reads the container's root through it.
+	startIn(t, ctr, "/usr/bin/sleep", "300")
+	pol := podpolicy.Policy{UID: "policy-uid-loader", Namespace: "ns", Name: "web", Version: 1, Mode: podpolicy.ModeProtect,
+		RulesByContainer: map[string][]string{"app": {"/usr/bin/echo", "/usr/bin/sleep", l.launcher, l.glibc231, l.musl, l.prefix}}}
+	pp := podPolicy(uid, cgroups.QoSBurstable, pol, podpolicy.Container{Name: "app", ContainerID: "containerd://" + cid})
+	if _, _, err := a.ApplyPodPolicy(context.Background(), pp); err != nil {
+		t.Fatal(err)
+	}
+	if b, ok := bindingOf(e, ctr.ID); !ok || b.Container != "app" {
+		t.Fatalf("container binding: %+v %v", b, ok)
+	}
+	refused := func() float64 {
+		return counterValue(t, reg, "execgate_agent_loaders_total", map[string]string{"namespace": "ns", "policy": "ns/web", "result": "refused"})
+	}
+	// The inspection starts with the binding; give it time, then attack whatever the
+	// metric says: the attacks decide.
+	for deadline := time.Now().Add(5 * time.Second); refused() < 4 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, at := range l.attacks() {
+		out, err := ctr.Run(at.argv[0], at.argv[1:]...)
+		if ranAs(out, err, at.banner) {
+			t.Errorf("%s: the loader ran in a Protect container (%q, %v)", at.name, out, err)
+			continue
+		}
+		assertDenied(t, e.AttachMode(), out, err)
+	}
+	if out, err := ctr.Run("/usr/bin/echo", "hello"); err != nil || out != "hello\n" {
+		t.Errorf("allowed program after the refusals: %q %v", out, err)
+	}
+	// A prefix rule is refused whole (fail closed): its other programs are denied too.
+	out, err := ctr.Run(l.prefix + "tool")
+	if err == nil {
+		t.Errorf("a program below the refused prefix rule ran: %q", out)
+	}
+	if got := refused(); got != 4 {
+		t.Errorf("execgate_agent_loaders_total{result=refused} = %v, want 4 (three paths, one prefix rule)", got)
+	}
+	// A later version of the policy keeps them out.
+	pol.Version = 2
+	if _, _, err := a.ApplyPodPolicy(context.Background(), podPolicy(uid, cgroups.QoSBurstable, pol,
+		podpolicy.Container{Name: "app", ContainerID: "containerd://" + cid})); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := e.PolicyVersionOf("ns/web"); v != 2 {
+		t.Fatalf("policy version %d loaded, want 2", v)
+	}
+	out, err = ctr.Run(l.launcher, "/usr/bin/id")
+	if ranAs(out, err, "uid=") {
+		t.Errorf("version 2 allowed the refused loader again: %q", out)
+	}
+	if got := refused(); got != 4 {
+		t.Errorf("after version 2: %v refusals, want still 4 (each path is refused once)", got)
+	}
+}
+
+// TestLoaderNeverLearned: a Learn container that runs loaders directly (as ldd does:
+// "ld-2.31.so --verify prog"), and one whose running process is a loader, must not
+// have them proposed: they would allow everything once promoted. Before the fix every
+// one was published.
+func TestLoaderNeverLearned(t *testing.T) {
+	n := newTestNodeEnv(t, cgroups.DriverSystemd)
+	l := newLoaderLab(t)
+	e := n.newEnforcer(t)
+	reg := prometheus.NewRegistry()
+	a := n.startAgent(t, e, func(o *Options) { o.Registry = reg })
+	ch := subscribeLearn(t, a.Agent)
+	uid, cid := podUID(71), containerID(71)
+	_, ctr := n.mkPod(t, uid, cgroups.QoSBurstable, cid)
+	startIn(t, ctr, "/usr/bin/sleep", "300")
+	// Found by the scan when the cgroup is bound: /proc/<pid>/exe is the loader.
+	startIn(t, ctr, l.launcher, "/usr/bin/sleep", "300")
+	pp := podPolicy(uid, cgroups.QoSBurstable, learnPolicy(), podpolicy.Container{Name: "app", ContainerID: "containerd://" + cid})
+	if _, _, err := a.ApplyPodPolicy(context.Background(), pp); err != nil {
+		t.Fatal(err)
+	}
+	script := strings.Join([]string{
+		l.glibc231 + " --help", l.launcher + " --help", l.musl, l.prefix + "libexec/ld.so.real --help", "/usr/bin/true",
+	}, " >/dev/null 2>&1; ")
+	if out, err := ctr.Run("/bin/sh", "-c", script); err != nil {
+		t.Fatalf("run in learning container: %v: %s", err, out)
+	}
+	got := learnt(collectLearn(t, ch, 3, time.Second))
+	want := []string{"app " + realPath(t, "/bin/sh"), "app " + realPath(t, "/usr/bin/true"), "app " + realPath(t, "/usr/bin/sleep")}
+	slices.Sort(want)
+	if !slices.Equal(slices.Compact(got), want) {
+		t.Errorf("learnt %v, want exactly %v (no loader)", got, want)
+	}
+	dropped := counterValue(t, reg, "execgate_agent_loaders_total", map[string]string{"result": "learn_dropped"})
+	if dropped < 4 {
+		t.Errorf("execgate_agent_loaders_total{result=learn_dropped} = %v, want at least 4 (the four execs of a loader)", dropped)
+	}
+}

@@ -13,9 +13,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/execgate/execgate/internal/testloaders"
 	"github.com/execgate/execgate/nodeagent/cgroups"
+	"github.com/execgate/execgate/nodeagent/enforcer"
 	"github.com/execgate/execgate/nodeagent/podpolicy"
 )
 
@@ -93,9 +95,21 @@ func ranAs(out string, err error, banner string) bool {
 // in the container's root and refuse them: each exec is denied, the programs the policy
 // allows still run, execgate_agent_loaders_total counts each refusal.
 func TestLoaderAllowedByPolicyRefused(t *testing.T) {
+	// The best mode this kernel attaches (fanotify here: EPERM), and exec_kill, which
+	// every kernel attaches (SIGKILL before the loader's first instruction).
+	for _, mode := range []enforcer.AttachMode{enforcer.AttachAuto, enforcer.AttachExecKill} {
+		t.Run(string(mode), func(t *testing.T) { testLoaderAllowedByPolicyRefused(t, mode) })
+	}
+}
+
+func testLoaderAllowedByPolicyRefused(t *testing.T, mode enforcer.AttachMode) {
 	n := newTestNodeEnv(t, cgroups.DriverSystemd)
 	l := newLoaderLab(t)
-	e := n.newEnforcer(t)
+	e, err := enforcer.New(enforcer.Config{PinDir: n.pinDir, Attach: mode, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatalf("enforcer in mode %s: %v", mode, err)
+	}
+	t.Cleanup(func() { e.Close() })
 	reg := prometheus.NewRegistry()
 	a := n.startAgent(t, e, func(o *Options) { o.Registry = reg; o.LoaderCheckInterval = 50 * time.Millisecond })
 	uid, cid := podUID(70), containerID(70)

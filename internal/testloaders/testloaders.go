@@ -8,6 +8,9 @@
 package testloaders
 
 import (
+	"bytes"
+	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -97,4 +100,41 @@ func repoRoot() (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// ELF builds a minimal little-endian ELF64 file for tests of the loader rule: a header,
+// a PT_INTERP naming interp if it is not empty, and, if dyn is not nil, a PT_DYNAMIC
+// segment holding those (tag, value) pairs and DT_NULL.
+func ELF(typ elf.Type, interp string, dyn [][2]uint64) []byte {
+	const ehsize, phsize = 64, 56
+	nph := 0
+	if interp != "" {
+		nph++
+	}
+	if dyn != nil {
+		nph++
+	}
+	dataOff := uint64(ehsize + phsize*nph)
+	var b bytes.Buffer
+	h := elf.Header64{Type: uint16(typ), Machine: uint16(elf.EM_X86_64), Version: 1, Entry: 0x1000,
+		Phoff: ehsize, Ehsize: ehsize, Phentsize: phsize, Phnum: uint16(nph)}
+	copy(h.Ident[:], elf.ELFMAG)
+	h.Ident[elf.EI_CLASS], h.Ident[elf.EI_DATA], h.Ident[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), 1
+	_ = binary.Write(&b, binary.LittleEndian, h)
+	var data bytes.Buffer
+	if interp != "" {
+		name := interp + "\x00"
+		_ = binary.Write(&b, binary.LittleEndian, elf.Prog64{Type: uint32(elf.PT_INTERP), Off: dataOff, Filesz: uint64(len(name)), Memsz: uint64(len(name))})
+		data.WriteString(name)
+	}
+	if dyn != nil {
+		off := dataOff + uint64(data.Len())
+		for _, d := range append(dyn, [2]uint64{uint64(elf.DT_NULL), 0}) {
+			_ = binary.Write(&data, binary.LittleEndian, elf.Dyn64{Tag: int64(d[0]), Val: d[1]})
+		}
+		size := uint64(16 * (len(dyn) + 1))
+		_ = binary.Write(&b, binary.LittleEndian, elf.Prog64{Type: uint32(elf.PT_DYNAMIC), Off: off, Filesz: size, Memsz: size})
+	}
+	b.Write(data.Bytes())
+	return b.Bytes()
 }

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"debug/elf"
 	"errors"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +16,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
+	"k8s.io/client-go/tools/events"
 
+	"github.com/execgate/execgate/internal/execpath"
 	"github.com/execgate/execgate/internal/testloaders"
 	"github.com/execgate/execgate/nodeagent/cgroups"
 	"github.com/execgate/execgate/nodeagent/enforcer"
@@ -112,6 +116,9 @@ func testLoaderAllowedByPolicyRefused(t *testing.T, mode enforcer.AttachMode) {
 	t.Cleanup(func() { e.Close() })
 	reg := prometheus.NewRegistry()
 	a := n.startAgent(t, e, func(o *Options) { o.Registry = reg; o.LoaderCheckInterval = 50 * time.Millisecond })
+	// The backstop's recorder, as runBackstop installs it (no API server here).
+	rec := events.NewFakeRecorder(16)
+	a.recorder.Store(recorderBox{rec: rec})
 	uid, cid := podUID(70), containerID(70)
 	_, ctr := n.mkPod(t, uid, cgroups.QoSBurstable, cid)
 	// The container's main process: the agent reads the container's root through it.
@@ -151,6 +158,19 @@ func testLoaderAllowedByPolicyRefused(t *testing.T, mode enforcer.AttachMode) {
 	}
 	if got := refused(); got != 4 {
 		t.Errorf("execgate_agent_loaders_total{result=refused} = %v, want 4 (three paths, one prefix rule)", got)
+	}
+	var notes []string
+	for len(rec.Events) > 0 {
+		notes = append(notes, <-rec.Events)
+	}
+	for _, path := range []string{l.launcher, l.glibc231, l.musl, l.prefix} {
+		found := false
+		for _, note := range notes {
+			found = found || (strings.HasPrefix(note, "Warning "+ReasonLoaderRefused+" ") && strings.Contains(note, execpath.Quote(path)))
+		}
+		if !found {
+			t.Errorf("no Warning %s Event names %s: %q", ReasonLoaderRefused, path, notes)
+		}
 	}
 	// A later version of the policy keeps them out.
 	pol.Version = 2
@@ -205,5 +225,70 @@ func TestLoaderNeverLearned(t *testing.T) {
 	dropped := counterValue(t, reg, "execgate_agent_loaders_total", map[string]string{"result": "learn_dropped"})
 	if dropped < 4 {
 		t.Errorf("execgate_agent_loaders_total{result=learn_dropped} = %v, want at least 4 (the four execs of a loader)", dropped)
+	}
+}
+
+// TestLoaderInspectRoot: what one container root's inspection refuses, on a root built
+// from minimal ELF files. A file is refused as a loader by its content, or because an
+// allowed program names it as its interpreter (PT_INTERP, through a link as the kernel
+// follows it) even when its content looks like a static-pie program; a prefix rule is
+// refused when a loader is below it. Before the identity rule, the disguised
+// interpreter was allowed.
+func TestLoaderInspectRoot(t *testing.T) {
+	pie := [][2]uint64{{uint64(elf.DT_FLAGS_1), 0x08000000}} // DF_1_PIE
+	root := t.TempDir()
+	files := map[string][]byte{
+		"usr/bin/prog":   testloaders.ELF(elf.ET_DYN, "/lib64/ld", pie),
+		"lib/x/weird-ld": testloaders.ELF(elf.ET_DYN, "", pie), // a loader posing as static-pie
+		"usr/bin/static": testloaders.ELF(elf.ET_DYN, "", pie),
+		"opt/loader":     testloaders.ELF(elf.ET_DYN, "", nil),
+		"opt/app/bin/ok": testloaders.ELF(elf.ET_DYN, "/lib64/ld", pie),
+		"opt/app/sub/ld": testloaders.ELF(elf.ET_DYN, "", nil),
+		"opt/ok/static":  testloaders.ELF(elf.ET_DYN, "", pie),
+		"usr/bin/script": []byte("#!/bin/sh\n"),
+	}
+	for name, data := range files {
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, name), data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, "lib64"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/lib/x/weird-ld", filepath.Join(root, "lib64/ld")); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	a := &Agent{log: zaptest.NewLogger(t)}
+	a.loaders.init()
+	j := &loaderJob{key: "ns/web", exact: []string{"/lib/x/weird-ld", "/lib64/ld", "/opt/loader", "/usr/bin/prog", "/usr/bin/script", "/usr/bin/static"},
+		prefixes: []string{"/opt/app/", "/opt/ok/"}}
+	var findings []loaderFinding
+	a.inspectRoot(j, dir, &findings)
+	got := map[string]string{}
+	for _, f := range findings {
+		got[f.path] = f.reason
+	}
+	want := map[string]string{
+		"/lib/x/weird-ld": `interpreter (PT_INTERP) of the allowed program "/usr/bin/prog"`,
+		"/opt/loader":     "runs without an interpreter",
+		"/opt/app/":       `covers "/opt/app/sub/ld"`,
+	}
+	for path, reason := range want {
+		if !strings.Contains(got[path], reason) {
+			t.Errorf("%s: refused as %q, want a reason containing %q", path, got[path], reason)
+		}
+	}
+	for path := range got {
+		if _, ok := want[path]; !ok {
+			t.Errorf("%s refused (%s); only %v should be", path, got[path], slices.Sorted(maps.Keys(want)))
+		}
 	}
 }

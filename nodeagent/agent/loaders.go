@@ -260,6 +260,7 @@ func podCgroupDirs(dir string) []string {
 	return out
 }
 
+// rootOf identifies an open file (a root directory, or any file in it).
 func rootOf(root *os.File) (rootID, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(root.Fd()), &st); err != nil {
@@ -268,17 +269,43 @@ func rootOf(root *os.File) (rootID, error) {
 	return rootID{dev: st.Dev, ino: st.Ino}, nil
 }
 
-// inspectRoot checks every path of j in one container root.
+// inspectRoot checks every path of j in one container root: by content, and by
+// identity (an allowed file that is the PT_INTERP of an allowed program is the loader
+// the kernel starts it with, whatever its content says).
 func (a *Agent) inspectRoot(j *loaderJob, root *os.File, findings *[]loaderFinding) {
+	files := map[rootID]string{}   // allowed file -> its path
+	interps := map[rootID]string{} // interpreter file -> a program naming it
 	for _, path := range j.exact {
 		f, err := loaders.OpenInRoot(root, path)
 		if err != nil {
 			continue // absent in this container, or reached only through a link
 		}
 		v, err := loaders.Check(f)
+		if id, idErr := rootOf(f); idErr == nil && err == nil && !v.Loader {
+			files[id] = path
+		}
 		f.Close()
-		if err == nil && v.Loader {
+		if err != nil {
+			continue
+		}
+		if v.Loader {
 			*findings = append(*findings, loaderFinding{job: j, path: path, reason: v.Reason})
+			continue
+		}
+		if v.Interp == "" {
+			continue
+		}
+		if in, err := loaders.OpenInterpreter(root, v.Interp); err == nil {
+			if id, err := rootOf(in); err == nil {
+				interps[id] = path
+			}
+			in.Close()
+		}
+	}
+	for id, path := range files {
+		if prog, ok := interps[id]; ok {
+			*findings = append(*findings, loaderFinding{job: j, path: path,
+				reason: "is the interpreter (PT_INTERP) of the allowed program " + execpath.Quote(prog) + ": a dynamic loader, which runs any readable file named on its command line"})
 		}
 	}
 	for _, prefix := range j.prefixes {

@@ -29,7 +29,13 @@ type Verdict struct {
 	Loader bool
 	// Reason says why, in words that follow a file's name in a message.
 	Reason string
+	// Interp is the PT_INTERP of a program (the loader the kernel starts it with),
+	// "" for other files.
+	Interp string
 }
+
+// maxInterp bounds the PT_INTERP read: PATH_MAX.
+const maxInterp = 4096
 
 // maxDynamic bounds the PT_DYNAMIC segment read: real ones are a few hundred bytes.
 const maxDynamic = 64 << 10
@@ -72,7 +78,7 @@ func Check(r io.ReaderAt) (v Verdict, err error) {
 	for _, p := range f.Progs {
 		switch p.Type {
 		case elf.PT_INTERP:
-			return Verdict{Reason: "names an interpreter (PT_INTERP): it is a program the loader runs"}, nil
+			return Verdict{Reason: "names an interpreter (PT_INTERP): it is a program the loader runs", Interp: interp(p)}, nil
 		case elf.PT_DYNAMIC:
 			dynamic = p
 		}
@@ -87,6 +93,22 @@ func Check(r io.ReaderAt) (v Verdict, err error) {
 		}
 	}
 	return Verdict{Loader: true, Reason: "is an ELF shared object that runs without an interpreter (no PT_INTERP, not a PIE program): a dynamic loader such as ld.so, which runs any readable file named on its command line"}, nil
+}
+
+// interp reads a PT_INTERP segment's path ("" when it is not one).
+func interp(p *elf.Prog) string {
+	if p.Filesz == 0 || p.Filesz > maxInterp {
+		return ""
+	}
+	buf := make([]byte, p.Filesz)
+	if _, err := p.ReadAt(buf, 0); err != nil {
+		return ""
+	}
+	path, _, _ := strings.Cut(string(buf), "\x00")
+	if !strings.HasPrefix(path, "/") {
+		return ""
+	}
+	return path
 }
 
 // flags1 reads DT_FLAGS_1 from the PT_DYNAMIC segment itself, so that a file whose
@@ -158,6 +180,19 @@ func OpenInRoot(root *os.File, path string) (*os.File, error) {
 	return f, nil
 }
 
+// OpenInterpreter opens a program's PT_INTERP path in root the way the kernel does
+// when it starts the program: symbolic links followed, but never out of root.
+func OpenInterpreter(root *os.File, path string) (*os.File, error) {
+	fd, err := unix.Openat2(int(root.Fd()), path, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, &os.PathError{Op: "openat2", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
 // OpenRoot opens the root directory of process pid (/proc/<pid>/root) for OpenInRoot.
 func OpenRoot(proc string, pid int) (*os.File, error) {
 	return os.OpenFile(fmt.Sprintf("%s/%d/root", proc, pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -214,8 +249,9 @@ func FindInRoot(root *os.File, dir string, limit int) (found map[string]string, 
 					return err
 				}
 			case e.Type().IsRegular():
-				info, err := e.Info()
-				if err != nil || info.Mode().Perm()&0o111 == 0 {
+				// Not e.Info(): it stats by name from the agent's root, not root.
+				var st unix.Stat_t
+				if unix.Fstatat(int(d.Fd()), e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&0o111 == 0 {
 					continue
 				}
 				f, err := OpenInRoot(root, child)

@@ -91,42 +91,6 @@ func writeFile(t *testing.T, dir, name, body string) string {
 	return p
 }
 
-// synthetic builds a little-endian ELF64 file: a header, the given program headers and,
-// if dyn is not nil, a PT_DYNAMIC segment holding those (tag, value) pairs.
-func synthetic(typ elf.Type, interp bool, dyn [][2]uint64) []byte {
-	const ehsize, phsize = 64, 56
-	nph := 0
-	if interp {
-		nph++
-	}
-	if dyn != nil {
-		nph++
-	}
-	dataOff := uint64(ehsize + phsize*nph)
-	var b bytes.Buffer
-	h := elf.Header64{Type: uint16(typ), Machine: uint16(elf.EM_X86_64), Version: 1, Entry: 0x1000,
-		Phoff: ehsize, Ehsize: ehsize, Phentsize: phsize, Phnum: uint16(nph)}
-	copy(h.Ident[:], elf.ELFMAG)
-	h.Ident[elf.EI_CLASS], h.Ident[elf.EI_DATA], h.Ident[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), 1
-	_ = binary.Write(&b, binary.LittleEndian, h)
-	var data bytes.Buffer
-	if interp {
-		name := "/lib64/ld-linux-x86-64.so.2\x00"
-		_ = binary.Write(&b, binary.LittleEndian, elf.Prog64{Type: uint32(elf.PT_INTERP), Off: dataOff, Filesz: uint64(len(name)), Memsz: uint64(len(name))})
-		data.WriteString(name)
-	}
-	if dyn != nil {
-		off := dataOff + uint64(data.Len())
-		for _, d := range append(dyn, [2]uint64{uint64(elf.DT_NULL), 0}) {
-			_ = binary.Write(&data, binary.LittleEndian, elf.Dyn64{Tag: int64(d[0]), Val: d[1]})
-		}
-		size := uint64(16 * (len(dyn) + 1))
-		_ = binary.Write(&b, binary.LittleEndian, elf.Prog64{Type: uint32(elf.PT_DYNAMIC), Off: off, Filesz: size, Memsz: size})
-	}
-	b.Write(data.Bytes())
-	return b.Bytes()
-}
-
 // TestLoaderCheckSynthetic states the rule on minimal files, one property at a time.
 func TestLoaderCheckSynthetic(t *testing.T) {
 	flags1 := uint64(elf.DT_FLAGS_1)
@@ -136,20 +100,20 @@ func TestLoaderCheckSynthetic(t *testing.T) {
 		loader  bool
 		wantErr string
 	}{
-		{"shared object, no PT_INTERP, no PT_DYNAMIC", synthetic(elf.ET_DYN, false, nil), true, ""},
-		{"shared object, no PT_INTERP, DT_FLAGS_1 without PIE", synthetic(elf.ET_DYN, false, [][2]uint64{{flags1, 1}}), true, ""},
-		{"static-pie: DF_1_PIE", synthetic(elf.ET_DYN, false, [][2]uint64{{uint64(elf.DT_DEBUG), 0}, {flags1, df1PIE | 1}}), false, ""},
-		{"DF_1_PIE after DT_NULL is not read", synthetic(elf.ET_DYN, false, [][2]uint64{{uint64(elf.DT_NULL), 0}, {flags1, df1PIE}}), true, ""},
-		{"PIE program: PT_INTERP", synthetic(elf.ET_DYN, true, [][2]uint64{{flags1, df1PIE}}), false, ""},
-		{"library run through PT_INTERP (libc.so.6)", synthetic(elf.ET_DYN, true, [][2]uint64{}), false, ""},
-		{"static program", synthetic(elf.ET_EXEC, false, nil), false, ""},
-		{"relocatable object", synthetic(elf.ET_REL, false, nil), false, ""},
+		{"shared object, no PT_INTERP, no PT_DYNAMIC", testloaders.ELF(elf.ET_DYN, "", nil), true, ""},
+		{"shared object, no PT_INTERP, DT_FLAGS_1 without PIE", testloaders.ELF(elf.ET_DYN, "", [][2]uint64{{flags1, 1}}), true, ""},
+		{"static-pie: DF_1_PIE", testloaders.ELF(elf.ET_DYN, "", [][2]uint64{{uint64(elf.DT_DEBUG), 0}, {flags1, df1PIE | 1}}), false, ""},
+		{"DF_1_PIE after DT_NULL is not read", testloaders.ELF(elf.ET_DYN, "", [][2]uint64{{uint64(elf.DT_NULL), 0}, {flags1, df1PIE}}), true, ""},
+		{"PIE program: PT_INTERP", testloaders.ELF(elf.ET_DYN, "/lib64/ld-linux-x86-64.so.2", [][2]uint64{{flags1, df1PIE}}), false, ""},
+		{"library run through PT_INTERP (libc.so.6)", testloaders.ELF(elf.ET_DYN, "/lib64/ld-linux-x86-64.so.2", [][2]uint64{}), false, ""},
+		{"static program", testloaders.ELF(elf.ET_EXEC, "", nil), false, ""},
+		{"relocatable object", testloaders.ELF(elf.ET_REL, "", nil), false, ""},
 		{"not ELF", []byte("#!/bin/sh\n"), false, ErrNotELF.Error()},
 		{"empty", nil, false, ErrNotELF.Error()},
-		{"truncated header", synthetic(elf.ET_DYN, false, nil)[:40], false, "malformed"},
-		{"program headers cut off", synthetic(elf.ET_DYN, true, nil)[:70], false, "malformed"},
+		{"truncated header", testloaders.ELF(elf.ET_DYN, "", nil)[:40], false, "malformed"},
+		{"program headers cut off", testloaders.ELF(elf.ET_DYN, "/lib64/ld-linux-x86-64.so.2", nil)[:70], false, "malformed"},
 	}
-	huge := synthetic(elf.ET_DYN, false, [][2]uint64{{flags1, 0}})
+	huge := testloaders.ELF(elf.ET_DYN, "", [][2]uint64{{flags1, 0}})
 	binary.LittleEndian.PutUint64(huge[64+32:], maxDynamic+1) // Filesz of the PT_DYNAMIC header
 	tests = append(tests, struct {
 		name    string
@@ -178,8 +142,8 @@ func TestLoaderCheckSynthetic(t *testing.T) {
 
 // FuzzLoaderCheck: Check never panics and returns a verdict or an error, never both.
 func FuzzLoaderCheck(f *testing.F) {
-	f.Add(synthetic(elf.ET_DYN, false, nil))
-	f.Add(synthetic(elf.ET_DYN, true, [][2]uint64{{uint64(elf.DT_FLAGS_1), df1PIE}}))
+	f.Add(testloaders.ELF(elf.ET_DYN, "", nil))
+	f.Add(testloaders.ELF(elf.ET_DYN, "/lib64/ld-linux-x86-64.so.2", [][2]uint64{{uint64(elf.DT_FLAGS_1), df1PIE}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		v, err := Check(bytes.NewReader(b))
 		if err != nil && (v.Loader || v.Reason != "") {

@@ -16,9 +16,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
 	"k8s.io/client-go/tools/events"
 
 	"github.com/execgate/execgate/internal/execpath"
+	"github.com/execgate/execgate/internal/testenv"
 	"github.com/execgate/execgate/internal/testloaders"
 	"github.com/execgate/execgate/nodeagent/cgroups"
 	"github.com/execgate/execgate/nodeagent/enforcer"
@@ -290,5 +292,145 @@ func TestLoaderInspectRoot(t *testing.T) {
 		if _, ok := want[path]; !ok {
 			t.Errorf("%s refused (%s); only %v should be", path, got[path], slices.Sorted(maps.Keys(want)))
 		}
+	}
+}
+
+// container is a process tree in a mount namespace of its own whose root is rootfs
+// (pivot_root, as runc does), running a shell loop that runs each command written to
+// /ctl and reports its output in /out: the agent must read files through the
+// container's root, and the kernel names them from it.
+type container struct {
+	rootfs string
+	cmd    *exec.Cmd
+}
+
+// startContainer starts the container in cg (before any binding: nothing it runs is
+// checked until then) and waits until its loop runs in the new root. binds maps host
+// directories to mount read-only at paths of rootfs.
+func startContainer(t *testing.T, cg *testenv.Cgroup, rootfs string, binds map[string]string) *container {
+	t.Helper()
+	for _, d := range []string{"usr", "old", "opt", "proc"} {
+		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range []string{"bin", "lib", "lib64", "sbin"} { // a merged-/usr image
+		if err := os.Symlink("usr/"+l, filepath.Join(rootfs, l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"ctl", "done"} {
+		if err := unix.Mkfifo(filepath.Join(rootfs, f), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script := []string{`set -e`, `mount --bind "$R" "$R"`, `mount --bind -o ro /usr "$R/usr"`}
+	for host, in := range binds {
+		if err := os.MkdirAll(filepath.Join(rootfs, in), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		script = append(script, `mount --bind -o ro '`+host+`' "$R/`+in+`"`)
+	}
+	script = append(script, `cd "$R"`, `pivot_root . old`, `mount -t proc proc /proc`, `umount -l /old`, `set +e`, `: > /ready`,
+		`while :; do read -r cmd < /ctl; sh -c "$cmd" > /out 2>&1; echo "rc=$?" >> /out; echo > /done; done`)
+	cmd, done, err := cg.Command("/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", strings.Join(script, "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	cmd.Env = append(os.Environ(), "R="+rootfs)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	waitFor(t, "the container's loop in its own root", func() bool {
+		_, err := os.Stat(filepath.Join(rootfs, "ready"))
+		return err == nil || cmd.ProcessState != nil
+	})
+	if _, err := os.Stat(filepath.Join(rootfs, "ready")); err != nil {
+		t.Fatalf("container did not start: %s", stderr.String())
+	}
+	return &container{rootfs: rootfs, cmd: cmd}
+}
+
+// exec runs a shell command in the container and returns its output and "rc=N".
+func (c *container) exec(t *testing.T, command string) string {
+	t.Helper()
+	result := make(chan string, 1)
+	go func() {
+		if err := os.WriteFile(filepath.Join(c.rootfs, "ctl"), []byte(command+"\n"), 0); err != nil {
+			result <- "write ctl: " + err.Error()
+			return
+		}
+		if _, err := os.ReadFile(filepath.Join(c.rootfs, "done")); err != nil {
+			result <- "read done: " + err.Error()
+			return
+		}
+		out, _ := os.ReadFile(filepath.Join(c.rootfs, "out"))
+		result <- string(out)
+	}()
+	select {
+	case out := <-result:
+		return out
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the container did not run %q", command)
+		return ""
+	}
+}
+
+// TestLoaderInContainerRoot is the attack in a real container root: ld-2.31.so exists
+// only in the container's image (at /opt/tools/ld-2.31.so, a path the node does not
+// have), the container runs in its own mount namespace after pivot_root, and the policy
+// allows the loader by that path. Before the fix the loader ran libc.so.6 in the Protect
+// container; now the agent finds it through /proc/<pid>/root and the exec is denied.
+func TestLoaderInContainerRoot(t *testing.T) {
+	for _, mode := range []enforcer.AttachMode{enforcer.AttachAuto, enforcer.AttachExecKill} {
+		t.Run(string(mode), func(t *testing.T) {
+			n := newTestNodeEnv(t, cgroups.DriverSystemd)
+			l := newLoaderLab(t)
+			e, err := enforcer.New(enforcer.Config{PinDir: n.pinDir, Attach: mode, Logger: zaptest.NewLogger(t)})
+			if err != nil {
+				t.Fatalf("enforcer in mode %s: %v", mode, err)
+			}
+			t.Cleanup(func() { e.Close() })
+			reg := prometheus.NewRegistry()
+			a := n.startAgent(t, e, func(o *Options) { o.Registry = reg; o.LoaderCheckInterval = 50 * time.Millisecond })
+			uid, cid := podUID(72), containerID(72)
+			_, ctr := n.mkPod(t, uid, cgroups.QoSBurstable, cid)
+			rootfs := filepath.Join(t.TempDir(), "rootfs")
+			copyExecutable(t, l.set.Glibc231, filepath.Join(rootfs, "opt/tools/ld-2.31.so"))
+			c := startContainer(t, ctr, rootfs, map[string]string{l.set.Glibc231Lib: "opt/glibc231"})
+			if _, err := os.Stat("/opt/tools/ld-2.31.so"); err == nil {
+				t.Fatal("/opt/tools/ld-2.31.so exists on the node: the test must show the container's root is read")
+			}
+			pol := podpolicy.Policy{UID: "policy-uid-ctr", Namespace: "ns", Name: "web", Version: 1, Mode: podpolicy.ModeProtect,
+				RulesByContainer: map[string][]string{"app": {realPath(t, "/bin/sh"), "/opt/tools/ld-2.31.so"}}}
+			pp := podPolicy(uid, cgroups.QoSBurstable, pol, podpolicy.Container{Name: "app", ContainerID: "containerd://" + cid})
+			if _, _, err := a.ApplyPodPolicy(context.Background(), pp); err != nil {
+				t.Fatal(err)
+			}
+			refused := func() float64 {
+				return counterValue(t, reg, "execgate_agent_loaders_total", map[string]string{"policy": "ns/web", "result": "refused"})
+			}
+			for deadline := time.Now().Add(5 * time.Second); refused() < 1 && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if out := c.exec(t, "echo hello"); out != "hello\nrc=0\n" {
+				t.Fatalf("the container's shell under Protect: %q", out)
+			}
+			out := c.exec(t, "/opt/tools/ld-2.31.so --library-path /opt/glibc231 /opt/glibc231/libc.so.6")
+			if strings.Contains(out, "GNU C Library") {
+				t.Fatalf("the image's loader ran in the Protect container: %q", out)
+			}
+			// Denied: EPERM (sh reports 126) or SIGKILL (137).
+			if !strings.Contains(out, "rc=126") && !strings.Contains(out, "rc=137") {
+				t.Errorf("loader exec: %q, want a denial (rc=126 EPERM or rc=137 SIGKILL)", out)
+			}
+			if got := refused(); got != 1 {
+				t.Errorf("execgate_agent_loaders_total{result=refused} = %v, want 1", got)
+			}
+		})
 	}
 }

@@ -14,6 +14,7 @@ package loaders
 
 import (
 	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -55,36 +56,44 @@ var ErrNotELF = errors.New("not an ELF file")
 // policy needs them. Linkers older than binutils 2.33 wrote static-pie programs without
 // DF_1_PIE; those are refused as well (fail closed).
 //
-// A file that is not ELF returns ErrNotELF; a malformed ELF file an error. Check never
-// panics on hostile input.
-func Check(r io.ReaderAt) (v Verdict, err error) {
-	defer func() {
-		if p := recover(); p != nil { // debug/elf on hostile input: refuse, never crash the agent
-			v, err = Verdict{}, fmt.Errorf("malformed ELF file: %v", p)
-		}
-	}()
-	var magic [4]byte
-	if _, err := r.ReadAt(magic[:], 0); err != nil || string(magic[:]) != elf.ELFMAG {
+// A file that is not ELF returns ErrNotELF; a malformed ELF file an error. Only the ELF
+// header and the program headers are read (as the kernel does), never the section
+// headers: a check costs a few reads, and hostile input is bounded by maxPhnum.
+func Check(r io.ReaderAt) (Verdict, error) {
+	var ident [elf.EI_NIDENT]byte
+	if _, err := r.ReadAt(ident[:], 0); err != nil || string(ident[:4]) != elf.ELFMAG {
 		return Verdict{}, ErrNotELF
 	}
-	f, err := elf.NewFile(r)
-	if err != nil {
-		return Verdict{}, fmt.Errorf("malformed ELF file: %w", err)
+	var order binary.ByteOrder
+	switch elf.Data(ident[elf.EI_DATA]) {
+	case elf.ELFDATA2LSB:
+		order = binary.LittleEndian
+	case elf.ELFDATA2MSB:
+		order = binary.BigEndian
+	default:
+		return Verdict{}, fmt.Errorf("malformed ELF file: data encoding %d", ident[elf.EI_DATA])
 	}
-	if f.Type != elf.ET_DYN {
-		return Verdict{Reason: "is an ELF " + f.Type.String() + " file, not a shared object"}, nil
+	h := header{order: order, wide: elf.Class(ident[elf.EI_CLASS]) == elf.ELFCLASS64}
+	if !h.wide && elf.Class(ident[elf.EI_CLASS]) != elf.ELFCLASS32 {
+		return Verdict{}, fmt.Errorf("malformed ELF file: class %d", ident[elf.EI_CLASS])
 	}
-	var dynamic *elf.Prog
-	for _, p := range f.Progs {
-		switch p.Type {
+	if err := h.read(r); err != nil {
+		return Verdict{}, err
+	}
+	if h.typ != elf.ET_DYN {
+		return Verdict{Reason: "is an ELF " + h.typ.String() + " file, not a shared object"}, nil
+	}
+	var dynamic *segment
+	for i := range h.progs {
+		switch p := &h.progs[i]; p.typ {
 		case elf.PT_INTERP:
-			return Verdict{Reason: "names an interpreter (PT_INTERP): it is a program the loader runs", Interp: interp(p)}, nil
+			return Verdict{Reason: "names an interpreter (PT_INTERP): it is a program the loader runs", Interp: interp(r, p)}, nil
 		case elf.PT_DYNAMIC:
 			dynamic = p
 		}
 	}
 	if dynamic != nil {
-		flags, err := flags1(f, dynamic)
+		flags, err := flags1(r, &h, dynamic)
 		if err != nil {
 			return Verdict{}, err
 		}
@@ -95,13 +104,77 @@ func Check(r io.ReaderAt) (v Verdict, err error) {
 	return Verdict{Loader: true, Reason: "is an ELF shared object that runs without an interpreter (no PT_INTERP, not a PIE program): a dynamic loader such as ld.so, which runs any readable file named on its command line"}, nil
 }
 
+// maxPhnum bounds the program headers read (real files have about 15; the kernel's
+// own bound is 64 KiB of headers).
+const maxPhnum = 1024
+
+// header is what Check needs of an ELF header and its program headers.
+type header struct {
+	order binary.ByteOrder
+	wide  bool // ELFCLASS64
+	typ   elf.Type
+	progs []segment
+}
+
+type segment struct {
+	typ         elf.ProgType
+	off, filesz uint64
+}
+
+func (h *header) word(b []byte) uint64 {
+	if h.wide {
+		return h.order.Uint64(b)
+	}
+	return uint64(h.order.Uint32(b))
+}
+
+// read reads e_type and the program headers (ELF64 and ELF32 layouts).
+func (h *header) read(r io.ReaderAt) error {
+	size, phoffAt, phentAt := 64, 32, 54
+	if !h.wide {
+		size, phoffAt, phentAt = 52, 28, 42
+	}
+	buf := make([]byte, size)
+	if err := readAt(r, buf, 0); err != nil {
+		return fmt.Errorf("malformed ELF file: header: %w", err)
+	}
+	h.typ = elf.Type(h.order.Uint16(buf[16:]))
+	phoff := h.word(buf[phoffAt:])
+	phentsize, phnum := int(h.order.Uint16(buf[phentAt:])), int(h.order.Uint16(buf[phentAt+2:]))
+	want := 56
+	if !h.wide {
+		want = 32
+	}
+	if phnum == 0 {
+		return nil
+	}
+	if phentsize != want || phnum > maxPhnum {
+		return fmt.Errorf("malformed ELF file: %d program headers of %d bytes", phnum, phentsize)
+	}
+	table := make([]byte, phnum*phentsize)
+	if phoff > 1<<40 || readAt(r, table, int64(phoff)) != nil {
+		return fmt.Errorf("malformed ELF file: program headers cut off")
+	}
+	for i := range phnum {
+		p := table[i*phentsize:]
+		s := segment{typ: elf.ProgType(h.order.Uint32(p))}
+		if h.wide {
+			s.off, s.filesz = h.order.Uint64(p[8:]), h.order.Uint64(p[32:])
+		} else {
+			s.off, s.filesz = uint64(h.order.Uint32(p[4:])), uint64(h.order.Uint32(p[16:]))
+		}
+		h.progs = append(h.progs, s)
+	}
+	return nil
+}
+
 // interp reads a PT_INTERP segment's path ("" when it is not one).
-func interp(p *elf.Prog) string {
-	if p.Filesz == 0 || p.Filesz > maxInterp {
+func interp(r io.ReaderAt, p *segment) string {
+	if p.filesz == 0 || p.filesz > maxInterp || p.off > 1<<40 {
 		return ""
 	}
-	buf := make([]byte, p.Filesz)
-	if _, err := p.ReadAt(buf, 0); err != nil {
+	buf := make([]byte, p.filesz)
+	if readAt(r, buf, int64(p.off)) != nil {
 		return ""
 	}
 	path, _, _ := strings.Cut(string(buf), "\x00")
@@ -111,28 +184,22 @@ func interp(p *elf.Prog) string {
 	return path
 }
 
-// flags1 reads DT_FLAGS_1 from the PT_DYNAMIC segment itself, so that a file whose
-// section headers were stripped is read the same.
-func flags1(f *elf.File, dynamic *elf.Prog) (uint64, error) {
-	if dynamic.Filesz > maxDynamic {
-		return 0, fmt.Errorf("malformed ELF file: PT_DYNAMIC of %d bytes", dynamic.Filesz)
+// flags1 reads DT_FLAGS_1 from the PT_DYNAMIC segment, not from a section: stripped
+// section headers do not matter.
+func flags1(r io.ReaderAt, h *header, dynamic *segment) (uint64, error) {
+	if dynamic.filesz > maxDynamic || dynamic.off > 1<<40 {
+		return 0, fmt.Errorf("malformed ELF file: PT_DYNAMIC of %d bytes", dynamic.filesz)
 	}
-	buf := make([]byte, dynamic.Filesz)
-	if _, err := dynamic.ReadAt(buf, 0); err != nil {
+	buf := make([]byte, dynamic.filesz)
+	if err := readAt(r, buf, int64(dynamic.off)); err != nil {
 		return 0, fmt.Errorf("malformed ELF file: read PT_DYNAMIC: %w", err)
 	}
 	size, word := 16, 8
-	if f.Class == elf.ELFCLASS32 {
+	if !h.wide {
 		size, word = 8, 4
 	}
-	read := func(b []byte) uint64 {
-		if word == 4 {
-			return uint64(f.ByteOrder.Uint32(b))
-		}
-		return f.ByteOrder.Uint64(b)
-	}
 	for off := 0; off+size <= len(buf); off += size {
-		tag, val := read(buf[off:]), read(buf[off+word:])
+		tag, val := h.word(buf[off:]), h.word(buf[off+word:])
 		switch elf.DynTag(tag) {
 		case elf.DT_NULL:
 			return 0, nil
@@ -141,6 +208,18 @@ func flags1(f *elf.File, dynamic *elf.Prog) (uint64, error) {
 		}
 	}
 	return 0, nil
+}
+
+// readAt fills buf from off; io.EOF with a full buffer is success (io.ReaderAt allows it).
+func readAt(r io.ReaderAt, buf []byte, off int64) error {
+	n, err := r.ReadAt(buf, off)
+	if n == len(buf) {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // CheckFile opens path (on the agent's own file system) and checks it.

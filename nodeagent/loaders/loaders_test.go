@@ -197,3 +197,29 @@ func TestLoaderOpenInRoot(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkLoaderCheck is the cost of checking one allowed path in a root: open it
+// (openat2 in root, no links) and read its ELF headers, as the agent's inspection does.
+//
+//	go test ./nodeagent/loaders -run '^$' -bench LoaderCheck -benchtime 2000x
+func BenchmarkLoaderCheck(b *testing.B) {
+	root, err := os.Open("/")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer root.Close()
+	for _, path := range []string{"/usr/bin/true", "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "/usr/lib/x86_64-linux-gnu/libc.so.6"} {
+		b.Run(filepath.Base(path), func(b *testing.B) {
+			for range b.N {
+				f, err := OpenInRoot(root, path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := Check(f); err != nil {
+					b.Fatal(err)
+				}
+				f.Close()
+			}
+		})
+	}
+}

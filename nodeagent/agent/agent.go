@@ -47,6 +47,10 @@ type Options struct {
 	Backstop *Backstop
 	// Registry receives the agent's metrics (none registered if nil).
 	Registry prometheus.Registerer
+	// LoaderCheckInterval is how often the roots of Monitor and Protect pods are
+	// inspected for dynamic loaders at allowed paths (default 1s; loaders.go). A
+	// binding also starts an inspection at once.
+	LoaderCheckInterval time.Duration
 }
 
 // Agent implements server.Backend on top of an Enforcer and a cgroup watcher.
@@ -75,6 +79,15 @@ type Agent struct {
 	subs subscribers
 	// learn dedupes and replays Learn events (learn.go); guarded by mu.
 	learn learnState
+	// loaders records the policies' paths refused as dynamic loaders
+	// (loaders.go); guarded by mu. loaderWake starts an inspection.
+	loaders    loaderState
+	loaderWake chan struct{}
+	// recorder holds a recorderBox once the backstop runs: Events on pods.
+	recorder atomic.Value
+	// learnFileCheck tells whether a Learn event's file is a loader; nil is
+	// learnIsLoader (reads the file). Unit tests of synthetic events replace it.
+	learnFileCheck func(p *podState, pid uint32, cgroupID uint64, path string) (loader, known bool)
 
 	ready     atomic.Bool
 	runCalled atomic.Bool
@@ -143,6 +156,9 @@ func New(opts Options) (*Agent, error) {
 	if opts.SubscriberBuffer <= 0 {
 		opts.SubscriberBuffer = 256
 	}
+	if opts.LoaderCheckInterval <= 0 {
+		opts.LoaderCheckInterval = time.Second
+	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
@@ -167,8 +183,10 @@ func New(opts Options) (*Agent, error) {
 		pending:    pending,
 		gone:       gone,
 		policyUIDs: map[enforcer.PolicyKey]string{},
+		loaderWake: make(chan struct{}, 1),
 	}
 	a.subs.init()
+	a.loaders.init()
 	if opts.Registry != nil {
 		m, err := newMetrics(a, opts.Registry)
 		if err != nil {
@@ -230,7 +248,8 @@ func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (ap
 	}
 	curVersion, existed := a.enf.PolicyVersionOf(pv.Key)
 	curDigest, _ := a.enf.PolicyDigestOf(pv.Key)
-	putApplied, err := a.enf.PutPolicy(pv)
+	// Paths found to be dynamic loaders on this node stay out (loaders.go).
+	putApplied, err := a.enf.PutPolicy(a.withoutRefusedLocked(pv))
 	if err != nil {
 		return false, 0, kernelError(fmt.Errorf("load policy %s version %d: %w", pv.Key, pv.Version, err))
 	}
@@ -239,6 +258,11 @@ func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (ap
 		a.log.Warn("policy generation pushed again with other content; the pushed content replaced the loaded one",
 			zap.String("policy", string(pv.Key)), zap.Uint64("version", pv.Version), zap.String("loaded_digest", curDigest),
 			zap.String("digest", pv.Digest), zap.String("request_id", pp.RequestID))
+	}
+	if src, ok := a.loaders.sources[pv.Key]; putApplied || !ok || src.Version < pv.Version {
+		if v, _ := a.enf.PolicyVersionOf(pv.Key); v == pv.Version {
+			a.loaders.sources[pv.Key] = pv
+		}
 	}
 	loaded, _ = a.enf.PolicyVersionOf(pv.Key)
 	if pp.Policy.UID != "" {
@@ -378,6 +402,7 @@ func (a *Agent) bindPodCgroupLocked(p *podState, id uint64) error {
 	p.podCgroup = id
 	a.owners[id] = owner{uid: p.uid}
 	a.learnBoundLocked(p)
+	a.wakeLoaderCheck()
 	return nil
 }
 
@@ -395,6 +420,7 @@ func (a *Agent) bindContainerLocked(p *podState, cid string, cg uint64) error {
 	}
 	a.owners[cg] = owner{uid: p.uid, container: name}
 	a.learnBoundLocked(p)
+	a.wakeLoaderCheck()
 	return nil
 }
 
@@ -498,6 +524,7 @@ func (a *Agent) forgetPodLocked(uid string) error {
 	}
 	_ = a.watcher.RemovePod(uid) // uid was validated when the pod was added
 	delete(a.pods, uid)
+	delete(a.loaders.checked, uid)
 	a.releasePolicyLocked(p.policy)
 	return nil
 }
@@ -522,6 +549,7 @@ func (a *Agent) releasePolicyLocked(key enforcer.PolicyKey) {
 	switch {
 	case err == nil, errors.Is(err, enforcer.ErrNotFound):
 		delete(a.policyUIDs, key)
+		delete(a.loaders.sources, key)
 	case errors.Is(err, enforcer.ErrInUse):
 		// Bindings the agent does not own (left by an earlier run); the
 		// sweep unbinds them once their cgroups are gone.

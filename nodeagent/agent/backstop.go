@@ -105,6 +105,7 @@ func (a *Agent) runBackstop(ctx context.Context) error {
 	}
 	defer broadcaster.Shutdown()
 	b.recorder = broadcaster.NewRecorder(clientgoscheme.Scheme, "execgate-agent")
+	a.recorder.Store(recorderBox{rec: b.recorder})
 	if err := b.addHandlers(); err != nil {
 		return err
 	}

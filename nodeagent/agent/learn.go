@@ -174,7 +174,11 @@ func (a *Agent) learnSuppressed(ev enforcer.Event) bool {
 	// for a pod binding, the container cgroup the task runs in.
 	key := learnKey{uid: "cgroup-" + strconv.FormatUint(ev.BoundCgroupID, 10), path: ev.Path}
 	o, owned := a.owners[ev.BoundCgroupID]
-	if p := a.pods[o.uid]; owned && p != nil {
+	p := a.pods[o.uid]
+	if !owned {
+		p = nil
+	}
+	if p != nil {
 		where := heldWhere{container: o.container}
 		if where.container == "" {
 			for cid, cg := range p.containers {
@@ -186,7 +190,9 @@ func (a *Agent) learnSuppressed(ev enforcer.Event) bool {
 		container, ok := p.attribution(where)
 		key.uid, key.container = p.uid, container
 		if !ok && ev.Flags&enforcer.FlagUntrusted == 0 {
-			a.holdLocked(p, where, ev.Path)
+			if !a.learnDropsLoaderLocked(p, ev) {
+				a.holdLocked(p, where, ev.Path)
+			}
 			return true
 		}
 	}
@@ -198,7 +204,43 @@ func (a *Agent) learnSuppressed(ev enforcer.Event) bool {
 		}
 		return true
 	}
+	if _, seen := l.seen.Get(key); seen {
+		return true
+	}
+	// Checked once per (pod, container, executable): repeats are suppressed above.
+	if a.learnDropsLoaderLocked(p, ev) {
+		return true
+	}
 	return !l.firstSeen(key)
+}
+
+// learnDropsLoaderLocked reports whether a Learn event must not be proposed because
+// its file is a dynamic loader (loaders.go), read in the root of the process that ran
+// it or of another process of its cgroup. When every one of them has exited (a
+// short-lived init container) the file cannot be read: the event is proposed, counted
+// as learn_unverified, and the agent's inspection of Protect pods refuses the path if
+// it is a loader.
+func (a *Agent) learnDropsLoaderLocked(p *podState, ev enforcer.Event) bool {
+	check := a.learnFileCheck
+	if check == nil {
+		check = a.learnIsLoader
+	}
+	loader, known := check(p, ev.PID, ev.CgroupID, ev.Path)
+	if known && !loader {
+		return false
+	}
+	ns, policy := "", ""
+	if p != nil {
+		ns, policy = p.namespace, string(p.policy)
+	}
+	if !known {
+		a.metrics.loaderCheck(ns, policy, "learn_unverified")
+		return false
+	}
+	a.metrics.loaderCheck(ns, policy, "learn_dropped")
+	a.log.Warn("learn: executed a dynamic loader directly; it is never proposed (it would run any file)",
+		zap.String("namespace", ns), zap.String("policy", policy), zap.String("executable", ev.Path), zap.Uint32("pid", ev.PID))
+	return true
 }
 
 // learnBoundLocked runs after a cgroup of pod p was bound. In Learn mode it reports
@@ -331,6 +373,11 @@ func (s *learnScan) walk(dir string, where heldWhere, depth int) {
 		}
 		s.budget--
 		path, ok := executableOf(pid)
+		if ok {
+			// A long-running "ld.so prog" has the loader as its executable.
+			loader, known := s.a.learnIsLoader(nil, uint32(pid), 0, path)
+			ok = known && !loader
+		}
 		switch {
 		case !ok:
 		case attributed:
@@ -366,12 +413,7 @@ func executableOf(pid int) (string, bool) {
 	if err != nil || strings.HasSuffix(path, " (deleted)") || strings.HasSuffix(path, "/") {
 		return "", false
 	}
-	if v1alpha1.ValidateExecutable(path) != nil {
-		return "", false
-	}
-	var exe, inRoot unix.Stat_t
-	if unix.Stat(filepath.Join(dir, "exe"), &exe) != nil || unix.Stat(filepath.Join(dir, "root")+path, &inRoot) != nil ||
-		exe.Dev != inRoot.Dev || exe.Ino != inRoot.Ino {
+	if v1alpha1.ValidateExecutable(path) != nil || !sameFileInRoot(dir, path) {
 		return "", false
 	}
 	if ppid, ok := parentPID(dir); ok {
@@ -380,6 +422,23 @@ func executableOf(pid int) (string, bool) {
 		}
 	}
 	return path, true
+}
+
+// sameFileInRoot reports whether path, in the root of the process whose /proc
+// directory is dir, is the file the process executes.
+func sameFileInRoot(dir, path string) bool {
+	var exe, inRoot unix.Stat_t
+	return unix.Stat(filepath.Join(dir, "exe"), &exe) == nil && unix.Stat(filepath.Join(dir, "root")+path, &inRoot) == nil &&
+		exe.Dev == inRoot.Dev && exe.Ino == inRoot.Ino
+}
+
+// runsInOwnRoot reports whether process pid executed its file in its own root
+// directory, so that its root is its container's (a runtime's init still
+// running the runtime's binary is not; see executableOf).
+func runsInOwnRoot(pid int) bool {
+	dir := filepath.Join(procDir, strconv.Itoa(pid))
+	path, err := os.Readlink(filepath.Join(dir, "exe"))
+	return err == nil && strings.HasPrefix(path, "/") && !strings.HasSuffix(path, " (deleted)") && sameFileInRoot(dir, path)
 }
 
 // parentPID reads the parent's pid from <dir>/stat: "pid (comm) state ppid ...", where

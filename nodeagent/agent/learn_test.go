@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +27,11 @@ func learnTestAgent(t *testing.T) *Agent {
 	a := &Agent{opts: Options{NodeName: testNode, SubscriberBuffer: 16}, log: zaptest.NewLogger(t),
 		pods: map[string]*podState{}, owners: map[uint64]owner{}}
 	a.subs.init()
+	// The events are synthetic: no process ran their files. Paths under /loader/ are
+	// loaders, under /gone/ files no process is left to read; the rest programs.
+	a.learnFileCheck = func(_ *podState, _ uint32, _ uint64, path string) (bool, bool) {
+		return strings.HasPrefix(path, "/loader/"), !strings.HasPrefix(path, "/gone/")
+	}
 	// Pod "a": pod cgroup 10; container cgroup 100 bound as "app"; container cgroup 200
 	// seen but its name unknown. Pod "b": container cgroup 300 bound as "app".
 	a.pods["uid-a"] = &podState{uid: "uid-a", namespace: "ns", name: "web-a", podCgroup: 10,
@@ -60,6 +66,9 @@ func TestLearnDedupe(t *testing.T) {
 		{"pod binding, task in the pod cgroup: no container", []enforcer.Event{learnEv(10, 10, "/usr/bin/dash"), learnEv(100, 100, "/usr/bin/dash")}, 10, 2, 0},
 		{"container of unknown name: held", []enforcer.Event{learnEv(10, 200, "/usr/bin/dash")}, 1000, 0, 1},
 		{"unknown binding: deduped by cgroup", []enforcer.Event{learnEv(999, 999, "/usr/bin/dash")}, 1000, 1, 0},
+		{"a loader is never published (Loader)", []enforcer.Event{learnEv(100, 100, "/loader/ld-2.31.so"), learnEv(100, 100, "/usr/bin/dash")}, 10, 1, 0},
+		{"a loader is never held either (Loader)", []enforcer.Event{learnEv(10, 200, "/loader/ld-2.31.so")}, 10, 0, 0},
+		{"a file that cannot be read any more is published once (Loader)", []enforcer.Event{learnEv(100, 100, "/gone/tool")}, 10, 1, 0},
 		{"untrusted path: never published", []enforcer.Event{{Action: enforcer.ActionLearned, BoundCgroupID: 100, CgroupID: 100, Path: "/memfd:x", Flags: enforcer.FlagDetached}}, 10, 0, 0},
 		{"violations are not learn events", []enforcer.Event{{Action: enforcer.ActionReported, BoundCgroupID: 100, CgroupID: 100, Path: "/usr/bin/id"}, {Action: enforcer.ActionDenied, BoundCgroupID: 100, CgroupID: 100, Path: "/usr/bin/id"}}, 5, 10, 0},
 	}

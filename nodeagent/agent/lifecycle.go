@@ -34,6 +34,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { a.fanOutEvents(ctx); return nil })
 	g.Go(func() error { a.gcLoop(ctx); return nil })
 	g.Go(func() error { a.resyncLearnt(ctx); return nil })
+	g.Go(func() error { a.checkLoaders(ctx); return nil })
 	if a.opts.Backstop != nil {
 		g.Go(func() error { return a.runBackstop(ctx) })
 	}

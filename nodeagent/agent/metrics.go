@@ -20,6 +20,7 @@ type metrics struct {
 	violations    *prometheus.CounterVec // namespace, policy, action
 	labelChanges  *prometheus.CounterVec // namespace, policy, change
 	replaced      *prometheus.CounterVec // namespace, policy
+	loaders       *prometheus.CounterVec // namespace, policy, result
 }
 
 func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
@@ -46,8 +47,12 @@ func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
 			Name: "execgate_agent_policy_content_replaced_total",
 			Help: "Loaded policy versions replaced by the same generation with another content digest, by namespace and policy (namespace/name). Each is one atomic swap; a steady rise means two senders disagree on a generation's content (a controller older than the whole-policy push, issue 14). The first push after an agent restart replaces each adopted policy once (its digest is not pinned) and is not counted.",
 		}, []string{"namespace", "policy"}),
+		loaders: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "execgate_agent_loaders_total",
+			Help: "Dynamic loaders found by content at paths a policy allows or learns, by namespace, policy and result: refused (an allowed path or prefix rule refused on this node), incomplete (a prefix rule's directory too large to inspect whole), learn_dropped (a Learn event for a loader, never proposed), learn_unverified (a Learn event whose file could not be read, not proposed this time).",
+		}, []string{"namespace", "policy", "result"}),
 	}
-	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, m.labelChanges, m.replaced, &stateCollector{a: a}} {
+	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, m.labelChanges, m.replaced, m.loaders, &stateCollector{a: a}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -87,6 +92,12 @@ func (m *metrics) labelChanged(namespace, policy, change string) {
 func (m *metrics) contentReplaced(namespace, policy string) {
 	if m != nil {
 		m.replaced.WithLabelValues(namespace, policy).Inc()
+	}
+}
+
+func (m *metrics) loaderCheck(namespace, policy, result string) {
+	if m != nil {
+		m.loaders.WithLabelValues(namespace, policy, result).Inc()
 	}
 }
 

@@ -78,6 +78,8 @@ type Agent struct {
 
 	ready     atomic.Bool
 	runCalled atomic.Bool
+	// events is the backstop's Event recorder while it runs (capacity.go).
+	events atomic.Pointer[eventSink]
 }
 
 var _ server.Backend = (*Agent)(nil)
@@ -98,6 +100,9 @@ type podState struct {
 	// (a push's request id, or "backstop"), for GetStatus.
 	appliedBy string
 	appliedAt time.Time
+	// capacityHold is set while the pod's policy does not fit on the node and the pod
+	// runs the deny-all or an older version instead (capacity.go).
+	capacityHold *capacityHold
 }
 
 type owner struct {
@@ -228,10 +233,14 @@ func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (ap
 			return false, 0, kernelError(fmt.Errorf("replace recreated policy %s: %w", pv.Key, err))
 		}
 	}
-	_, existed := a.enf.PolicyVersionOf(pv.Key)
-	putApplied, err := a.enf.PutPolicy(pv)
-	if err != nil {
-		return false, 0, kernelError(fmt.Errorf("load policy %s version %d: %w", pv.Key, pv.Version, err))
+	cur, existed := a.enf.PolicyVersionOf(pv.Key)
+	putApplied, loadErr := a.enf.PutPolicy(pv)
+	held := ""
+	if loadErr != nil {
+		loadErr = kernelError(fmt.Errorf("load policy %s version %d: %w", pv.Key, pv.Version, loadErr))
+		if held = a.holdOnLoadFailureLocked(pv, cur, existed, loadErr); held == loadUnenforced {
+			return false, 0, loadErr
+		}
 	}
 	loaded, _ = a.enf.PolicyVersionOf(pv.Key)
 	if pp.Policy.UID != "" {
@@ -261,6 +270,11 @@ func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (ap
 		}
 		return false, 0, err
 	}
+	if loadErr != nil {
+		a.capacityHeldLocked(next, pv, held, loadErr)
+		return false, loaded, errHeld(pp, held, loadErr)
+	}
+	a.releaseCapacityHoldLocked(pv.Key, loaded)
 	return putApplied || podChanged, loaded, nil
 }
 
@@ -513,7 +527,10 @@ func (a *Agent) releasePolicyLocked(key enforcer.PolicyKey) {
 	}
 	err := a.enf.DeletePolicy(key)
 	switch {
-	case err == nil, errors.Is(err, enforcer.ErrNotFound):
+	case err == nil:
+		delete(a.policyUIDs, key)
+		a.retryCapacityHoldsLocked() // the space it held may fit a held pod's policy
+	case errors.Is(err, enforcer.ErrNotFound):
 		delete(a.policyUIDs, key)
 	case errors.Is(err, enforcer.ErrInUse):
 		// Bindings the agent does not own (left by an earlier run); the

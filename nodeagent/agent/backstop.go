@@ -105,6 +105,8 @@ func (a *Agent) runBackstop(ctx context.Context) error {
 	}
 	defer broadcaster.Shutdown()
 	b.recorder = broadcaster.NewRecorder(clientgoscheme.Scheme, "execgate-agent")
+	a.events.Store(&eventSink{b.recorder})
+	defer a.events.Store(nil)
 	if err := b.addHandlers(); err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ type metrics struct {
 	gcRemovals    prometheus.Counter
 	violations    *prometheus.CounterVec // namespace, policy, action
 	labelChanges  *prometheus.CounterVec // namespace, policy, change
+	loadFailures  *prometheus.CounterVec // namespace, policy, reason, result
 }
 
 func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
@@ -41,8 +42,12 @@ func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
 			Name: "execgate_agent_policy_label_changes_total",
 			Help: "Running pods whose execgate.io/policy label was removed (change=removed) or set to another policy (change=changed) after they were bound, by namespace and the policy they stay bound to: the agent keeps that binding until the pod is deleted. Each change of a pod's label counts once.",
 		}, []string{"namespace", "policy", "change"}),
+		loadFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "execgate_agent_policy_load_failures_total",
+			Help: "Pod policy loads that failed because the node's maps (reason=node_capacity) or the namespace's share of them (reason=namespace_share) were full, by namespace, policy and what the pod runs instead: result=fail_closed (Protect, nothing may execute), older_version (the version loaded on the node), unenforced (Monitor or Learn, or deny-all did not load). Every attempt counts, retries included; execgate_agent_held_pods is the current state.",
+		}, []string{"namespace", "policy", "reason", "result"}),
 	}
-	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, m.labelChanges, &stateCollector{a: a}} {
+	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, m.labelChanges, m.loadFailures, &stateCollector{a: a}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -79,6 +84,12 @@ func (m *metrics) labelChanged(namespace, policy, change string) {
 	}
 }
 
+func (m *metrics) loadFailed(namespace, policy, reason, result string) {
+	if m != nil {
+		m.loadFailures.WithLabelValues(namespace, policy, reason, result).Inc()
+	}
+}
+
 func (m *metrics) gcRemoved(n int) {
 	if m != nil {
 		m.gcRemovals.Add(float64(n))
@@ -86,7 +97,10 @@ func (m *metrics) gcRemoved(n int) {
 }
 
 var (
-	descPods       = prometheus.NewDesc("execgate_agent_loaded_pods", "Pods the agent enforces or waits for.", nil, nil)
+	descPods = prometheus.NewDesc("execgate_agent_loaded_pods", "Pods the agent enforces or waits for.", nil, nil)
+	descHeld = prometheus.NewDesc("execgate_agent_held_pods",
+		"Pods whose policy does not fit on this node and that run held until it does: result=fail_closed (deny-all: nothing may execute), older_version (the version loaded on the node).",
+		[]string{"result"}, nil)
 	descPolicies   = prometheus.NewDesc("execgate_agent_loaded_policies", "Policies loaded in the kernel.", nil, nil)
 	descMapEntries = prometheus.NewDesc("execgate_agent_map_entries", "Entries execgate wrote in each BPF map.", []string{"map"}, nil)
 	descMapBytes   = prometheus.NewDesc("execgate_agent_map_bytes", "Kernel memory charged to each BPF map.", []string{"map"}, nil)
@@ -103,7 +117,7 @@ var (
 type stateCollector struct{ a *Agent }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPods, descPolicies, descMapEntries, descMapBytes, descDecisions, descDropped, descAttach} {
+	for _, d := range []*prometheus.Desc{descPods, descHeld, descPolicies, descMapEntries, descMapBytes, descDecisions, descDropped, descAttach} {
 		ch <- d
 	}
 }
@@ -123,6 +137,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descPods, prometheus.GaugeValue, float64(pods))
 	ch <- prometheus.MustNewConstMetric(descPolicies, prometheus.GaugeValue, float64(policies))
+	for result, n := range c.a.capacityHoldCounts() {
+		ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(n), result)
+	}
 	st, err := c.a.enf.Stats()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(descMapEntries, err)

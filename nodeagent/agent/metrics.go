@@ -103,6 +103,7 @@ var (
 		[]string{"result"}, nil)
 	descPolicies   = prometheus.NewDesc("execgate_agent_loaded_policies", "Policies loaded in the kernel.", nil, nil)
 	descMapEntries = prometheus.NewDesc("execgate_agent_map_entries", "Entries execgate wrote in each BPF map.", []string{"map"}, nil)
+	descMapMax     = prometheus.NewDesc("execgate_agent_map_max_entries", "Capacity of each BPF map (max_entries), for alerts on a filling rule map.", []string{"map"}, nil)
 	descMapBytes   = prometheus.NewDesc("execgate_agent_map_bytes", "Kernel memory charged to each BPF map.", []string{"map"}, nil)
 	descDecisions  = prometheus.NewDesc("execgate_agent_decisions_total", "Exec decisions of the kernel program, by action.", []string{"action"}, nil)
 	descAttach     = prometheus.NewDesc("execgate_agent_attach_mode",
@@ -117,7 +118,7 @@ var (
 type stateCollector struct{ a *Agent }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPods, descHeld, descPolicies, descMapEntries, descMapBytes, descDecisions, descDropped, descAttach} {
+	for _, d := range []*prometheus.Desc{descPods, descHeld, descPolicies, descMapEntries, descMapMax, descMapBytes, descDecisions, descDropped, descAttach} {
 		ch <- d
 	}
 }
@@ -149,6 +150,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		if m.Entries >= 0 {
 			ch <- prometheus.MustNewConstMetric(descMapEntries, prometheus.GaugeValue, float64(m.Entries), m.Name)
 		}
+		ch <- prometheus.MustNewConstMetric(descMapMax, prometheus.GaugeValue, float64(m.MaxEntries), m.Name)
 		ch <- prometheus.MustNewConstMetric(descMapBytes, prometheus.GaugeValue, float64(m.Bytes), m.Name)
 	}
 	for _, action := range []string{"checked", "allowed", "learned", "reported", "denied", "untrusted", "scratch-busy", "twin-decided", "skipped"} {

@@ -1,10 +1,19 @@
 package webhook
 
 import (
+	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/execgate/execgate/api/v1alpha1"
+	"github.com/execgate/execgate/nodeagent/podpolicy"
 )
 
 // TestCapacityLearnStopsAtPolicyCap: learning never proposes more executables than a
@@ -46,5 +55,56 @@ func TestCapacityLearnStopsAtPolicyCap(t *testing.T) {
 	if countExecutables(again) != v1alpha1.MaxExecutablesPerPolicy || overLimit != 1 || len(contributors) != 0 {
 		t.Errorf("on a full proposal: %d executables, overLimit %d, contributors %v; want %d, 1, none",
 			countExecutables(again), overLimit, contributors, v1alpha1.MaxExecutablesPerPolicy)
+	}
+}
+
+// fullNodeBackend is an agent whose node has no room for any policy: it refuses every
+// push as the real agent does (ErrLimitExceeded, after holding the pod).
+type fullNodeBackend struct{ *recordingBackend }
+
+func (b fullNodeBackend) ApplyPodPolicy(ctx context.Context, p *podpolicy.PodPolicy) (bool, uint64, error) {
+	_, _, _ = b.recordingBackend.ApplyPodPolicy(ctx, p)
+	return false, 0, fmt.Errorf("load policy %s version %d: enforcer capacity exceeded: %w; pod %s/%s is held until the policy fits: its containers may execute nothing (fail closed)",
+		p.Policy.Key(), p.Policy.Version, podpolicy.ErrLimitExceeded, p.Pod.Namespace, p.Pod.Name)
+}
+
+// TestCapacityRefusalVisibleAtAdmission: a pod whose policy does not fit on its node
+// used to be admitted with only a generic "push failed" warning (issue 14.2). Now the
+// admission warns that the pod is held deny-all, the pod gets a Warning Event
+// PolicyCapacityExceeded and execgate_controller_policy_capacity_refusals_total counts it.
+func TestCapacityRefusalVisibleAtAdmission(t *testing.T) {
+	fleet := newAgentFleet(t)
+	backend := fullNodeBackend{newRecordingBackend()}
+	fleet.endpoints["node-full"], _ = fleet.serve(t, "node-full", "127.0.0.1:0", backend)
+	rec := events.NewFakeRecorder(32)
+	pod := testPod("web-full", "uid-web-full", "web", "node-full")
+	admitter := &Admitter{
+		Cache:     fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(pod, testPolicy("web", 2)).Build(),
+		APIReader: fake.NewClientBuilder().WithScheme(testScheme(t)).Build(),
+		Pusher:    &Pusher{Agents: fleet.pool(t, nil), Timeout: 2 * time.Second},
+		Recorder:  rec,
+		Log:       zaptest.NewLogger(t),
+	}
+	metric := map[string]string{"namespace": testNS, "policy": "web"}
+	before := served(t, "execgate_controller_policy_capacity_refusals_total", metric)
+
+	resp := (&PodHandler{Admitter: admitter}).Handle(context.Background(), podRequest(t, pod))
+	if !resp.Allowed {
+		t.Fatalf("pod refused: %+v", resp.Result)
+	}
+	if n := len(backend.appliedCalls()); n != 1 {
+		t.Fatalf("agent received %d pushes, want 1", n)
+	}
+	evs := drainEvents(rec)
+	if !hasEvent(evs, ReasonPolicyCapacityExceeded) {
+		t.Errorf("no %s Event on the pod; events %q", ReasonPolicyCapacityExceeded, evs)
+	} else {
+		t.Logf("event: %s", evs)
+	}
+	if !slices.ContainsFunc(resp.Warnings, func(w string) bool { return strings.Contains(w, "does not fit on node node-full") }) {
+		t.Errorf("admission warnings %q do not say the policy does not fit", resp.Warnings)
+	}
+	if got := served(t, "execgate_controller_policy_capacity_refusals_total", metric) - before; got != 1 {
+		t.Errorf("execgate_controller_policy_capacity_refusals_total +%v, want +1", got)
 	}
 }

@@ -559,6 +559,7 @@ func (a *Agent) RemovePolicy(ctx context.Context, ref podpolicy.PolicyRef) (bool
 	switch {
 	case err == nil:
 		delete(a.policyUIDs, key)
+		a.retryCapacityHoldsLocked()
 		return true, nil
 	case errors.Is(err, enforcer.ErrNotFound):
 		delete(a.policyUIDs, key)

@@ -61,11 +61,30 @@ func manyPaths(name string, n int) podpolicy.Policy {
 // used to run unenforced (anything could execute). Now it is held fail closed: bound to
 // its policy's deny-all version, with a Warning Event and the metrics
 // execgate_agent_policy_load_failures_total and execgate_agent_held_pods; once the filler
-// goes, the held pod gets its own policy without another push.
+// goes, the held pod gets its own policy without another push. The same holds when it
+// is the namespace's share (not the node) that is full.
 func TestCapacityExhaustionFailsClosed(t *testing.T) {
+	tests := []struct {
+		name   string
+		cfg    enforcer.Config
+		filler int // paths of the filler policy, in the victim's namespace
+		reason string
+	}{
+		// 12 paths, loaded for the container and the pod's union: 24 of 32 entries; the
+		// victim's 5 paths need 10, 8 are left.
+		{"node full", enforcer.Config{MaxBindings: 64, MaxExactEntries: 32, MaxPrefixEntries: 16}, 12, "node_capacity"},
+		// 7 paths: 14 of the namespace's 16 (25% of 64); the node has 50 left.
+		{"namespace share full", enforcer.Config{MaxBindings: 64, MaxExactEntries: 64, MaxPrefixEntries: 16, NamespaceSharePercent: 25}, 7, "namespace_share"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { testCapacityFailsClosed(t, 60+2*i, tc.cfg, tc.filler, tc.reason) })
+	}
+}
+
+func testCapacityFailsClosed(t *testing.T, seq int, cfg enforcer.Config, fillerPaths int, reason string) {
 	n := newTestNodeEnv(t, cgroups.DriverSystemd)
-	e, err := enforcer.New(enforcer.Config{PinDir: n.pinDir, Attach: enforcer.AttachAuto, Logger: zaptest.NewLogger(t),
-		MaxBindings: 64, MaxExactEntries: 32, MaxPrefixEntries: 16})
+	cfg.PinDir, cfg.Attach, cfg.Logger = n.pinDir, enforcer.AttachAuto, zaptest.NewLogger(t)
+	e, err := enforcer.New(cfg)
 	if err != nil {
 		t.Fatalf("enforcer: %v", err)
 	}
@@ -78,16 +97,15 @@ func TestCapacityExhaustionFailsClosed(t *testing.T) {
 	waitFor(t, "backstop running", func() bool { return a.events.Load() != nil })
 	ctx := context.Background()
 
-	// The filler: 12 paths, loaded for the container and the pod's union, 24 of 32 entries.
-	fillUID, fillCID := podUID(60), containerID(60)
+	fillUID, fillCID := podUID(seq), containerID(seq)
 	n.mkPod(t, fillUID, cgroups.QoSBurstable, fillCID)
-	if _, _, err := a.ApplyPodPolicy(ctx, podPolicy(fillUID, cgroups.QoSBurstable, manyPaths("filler", 12),
+	if _, _, err := a.ApplyPodPolicy(ctx, podPolicy(fillUID, cgroups.QoSBurstable, manyPaths("filler", fillerPaths),
 		podpolicy.Container{Name: "app", ContainerID: "containerd://" + fillCID})); err != nil {
 		t.Fatalf("filler: %v", err)
 	}
 
-	// The victim: 5 paths need 10 entries, 8 are left.
-	uid, cid := podUID(61), containerID(61)
+	// The victim: 5 paths, 10 entries.
+	uid, cid := podUID(seq+1), containerID(seq+1)
 	pod, ctr := n.mkPod(t, uid, cgroups.QoSBurstable, cid)
 	web := manyPaths("web", 3)
 	web.RulesByContainer["app"] = append(web.RulesByContainer["app"], "/usr/bin/echo", "/usr/bin/true")
@@ -118,7 +136,7 @@ func TestCapacityExhaustionFailsClosed(t *testing.T) {
 	}
 	failures := func() float64 {
 		return counterValue(t, reg, "execgate_agent_policy_load_failures_total",
-			map[string]string{"namespace": "ns", "policy": "ns/web", "reason": "node_capacity", "result": "fail_closed"})
+			map[string]string{"namespace": "ns", "policy": "ns/web", "reason": reason, "result": "fail_closed"})
 	}
 	if got := failures(); got != 1 {
 		t.Errorf("execgate_agent_policy_load_failures_total{result=fail_closed} = %v, want 1", got)

@@ -21,9 +21,10 @@ import (
 var ErrNamespaceShare = fmt.Errorf("%w: namespace share", ErrCapacity)
 
 // reservedSlots are the slots (of slot_info's 2*MaxBindings+64) that only deny-all versions
-// may use: each needs two (union and wildcard), so 32 pods can fail closed on a node whose
-// slots ordinary policies filled.
-const reservedSlots = 64
+// may use: each needs two (union and wildcard), so 32 policies can fail closed on a node
+// whose slots ordinary policies filled. A tiny slot map keeps three quarters for ordinary
+// policies.
+func reservedSlots(maxSlots int) int { return min(64, maxSlots/4) }
 
 // DenyAll is the version of key that allows nothing in Protect mode: no containers, so
 // every container gets the empty wildcard slot. It is version 0, which any real version
@@ -52,9 +53,10 @@ func (e *Enforcer) checkShareLocked(p PolicyVersion, nExact, nPrefix, nSlots int
 		return nil
 	}
 	maxSlots := int(e.slotInfo.MaxEntries())
-	if len(e.slots)+nSlots > maxSlots-reservedSlots {
+	reserved := reservedSlots(maxSlots)
+	if len(e.slots)+nSlots > maxSlots-reserved {
 		return fmt.Errorf("%w: policy %s needs %d slots, %d of %d in use (%d kept for pods that fail closed)",
-			ErrCapacity, p.Key, nSlots, len(e.slots), maxSlots, reservedSlots)
+			ErrCapacity, p.Key, nSlots, len(e.slots), maxSlots, reserved)
 	}
 	pct := e.cfg.NamespaceSharePercent
 	if pct == 0 || pct >= 100 {
@@ -80,7 +82,7 @@ func (e *Enforcer) checkShareLocked(p PolicyVersion, nExact, nPrefix, nSlots int
 	}{
 		{"exact entries", exact, nExact, int(e.cfg.MaxExactEntries)},
 		{"prefix entries", prefix, nPrefix, int(e.cfg.MaxPrefixEntries)},
-		{"slots", slots, nSlots, maxSlots - reservedSlots},
+		{"slots", slots, nSlots, maxSlots - reserved},
 	} {
 		limit := c.max * int(pct) / 100
 		if c.need > 0 && c.used+c.need > limit {

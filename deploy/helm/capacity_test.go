@@ -34,15 +34,16 @@ func TestCapacityChartSizesMaps(t *testing.T) {
 		}
 	}
 
+	// --set-json: --set passes a fraction as a string, which the schema would refuse anyway.
 	for _, bad := range []string{"agent.namespaceSharePercent=0", "agent.namespaceSharePercent=101", "agent.maxPrefixEntries=0", "prometheusRule.mapFullRatio=2"} {
-		if out, err := render(t, "--set", bad); err == nil {
+		if out, err := render(t, "--set-json", bad); err == nil {
 			t.Errorf("chart rendered with %s", bad)
 		} else if !strings.Contains(out, "values don't meet the specifications of the schema") {
 			t.Errorf("%s refused, but not by the schema:\n%s", bad, out)
 		}
 	}
 
-	out, err = render(t, "--set", "prometheusRule.enabled=true", "--set", "prometheusRule.mapFullRatio=0.8")
+	out, err = render(t, "--set", "prometheusRule.enabled=true", "--set-json", "prometheusRule.mapFullRatio=0.8")
 	if err != nil {
 		t.Fatalf("helm template: %v\n%s", err, out)
 	}

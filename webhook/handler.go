@@ -12,6 +12,8 @@ import (
 	"unicode/utf8"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -31,6 +33,10 @@ const (
 	// ReasonWritableRootFilesystem: a Protect pod has a container whose root filesystem is
 	// writable, where an allowed path can be overwritten with another program (issue 14.9).
 	ReasonWritableRootFilesystem = "WritableRootFilesystem"
+	// ReasonPolicyCapacityExceeded: the pod's policy does not fit in its node's rule maps
+	// or its namespace's share of them (issue 14.2); the agent holds the pod (Protect:
+	// deny-all) until it fits.
+	ReasonPolicyCapacityExceeded = "PolicyCapacityExceeded"
 )
 
 // DefaultLookupTimeout bounds the API read made when the informer cache does not have the
@@ -240,12 +246,26 @@ func (a *Admitter) decide(ctx context.Context, t admissionTarget) decision {
 	}
 	outcome, err := a.Pusher.Push(ctx, t.node, req)
 	log = log.With(zap.Int64("generation", policy.Generation), zap.String("outcome", string(outcome)))
+	if isResourceExhausted(err) {
+		note := fmt.Sprintf("WorkloadPolicy %q does not fit on node %s: under Protect the pod's containers may execute nothing until it fits (the agent binds it deny-all); shrink the policy or raise the chart's agent.maxEntries / agent.namespaceSharePercent: %v", policyName, t.node, err)
+		a.event(pod, ReasonPolicyCapacityExceeded, note)
+		policyCapacityRefusalsTotal.WithLabelValues(t.namespace, policyName).Inc()
+		log.Warn("policy does not fit on the node; the agent holds the pod", zap.Error(err))
+		return decision{outcome: outcome, message: "policy does not fit on the node", warnings: append(warnings, "execgate: "+note)}
+	}
 	if err != nil {
 		log.Warn("push failed; allowing the binding (fail open, the reconciler retries)", zap.Error(err))
 		return decision{outcome: outcome, message: "push failed", warnings: append(warnings, "execgate: "+err.Error())}
 	}
 	log.Debug("policy pushed")
 	return decision{outcome: outcome, message: fmt.Sprintf("policy %s generation %d in force on node %s", policyName, policy.Generation, t.node), warnings: warnings}
+}
+
+// isResourceExhausted reports an agent's refusal for capacity (ErrLimitExceeded on the
+// node), wrapped or not.
+func isResourceExhausted(err error) bool {
+	var se interface{ GRPCStatus() *status.Status }
+	return errors.As(err, &se) && se.GRPCStatus().Code() == codes.ResourceExhausted
 }
 
 // writableRootContainers names the pod's init and regular containers without

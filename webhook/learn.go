@@ -69,7 +69,7 @@ var (
 	}, []string{"result"})
 	learnExecutablesOverLimit = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "execgate_controller_learn_executables_over_limit_total",
-		Help: "Learnt executables not recorded because their proposal reached a limit (64 containers, 1024 executables per container).",
+		Help: "Learnt executables not recorded because their proposal reached a limit (64 containers, 1024 executables per container, 4096 in all).",
 	})
 )
 
@@ -378,7 +378,7 @@ func (l *ProposalLearner) apply(ctx context.Context, key types.NamespacedName, d
 		if overLimit > 0 {
 			learnExecutablesOverLimit.Add(float64(overLimit))
 			l.logger().Warn("proposal is full; executables not recorded", zap.String("namespace", key.Namespace), zap.String("proposal", key.Name),
-				zap.Int("notRecorded", overLimit), zap.Int("maxContainers", v1alpha1.MaxContainers), zap.Int("maxPerContainer", v1alpha1.MaxExecutablesPerContainer))
+				zap.Int("notRecorded", overLimit), zap.Int("maxContainers", v1alpha1.MaxContainers), zap.Int("maxPerContainer", v1alpha1.MaxExecutablesPerContainer), zap.Int("maxPerPolicy", v1alpha1.MaxExecutablesPerPolicy))
 		}
 		if len(contributors) > 0 {
 			// Each added path was validated when it arrived; entries already there are
@@ -446,7 +446,7 @@ func mergeRules(rules v1alpha1.RulesByContainer, byPod map[string]map[string]map
 		}
 	}
 	var contributors []string
-	overLimit := 0
+	overLimit, total := 0, countExecutables(out)
 	for _, pod := range slices.Sorted(maps.Keys(byPod)) {
 		added := false
 		for _, c := range slices.Sorted(maps.Keys(byPod[pod])) {
@@ -454,7 +454,8 @@ func mergeRules(rules v1alpha1.RulesByContainer, byPod map[string]map[string]map
 				if have[c][path] {
 					continue
 				}
-				if (have[c] == nil && len(out) >= v1alpha1.MaxContainers) || len(out[c].Executables) >= v1alpha1.MaxExecutablesPerContainer {
+				if (have[c] == nil && len(out) >= v1alpha1.MaxContainers) || len(out[c].Executables) >= v1alpha1.MaxExecutablesPerContainer ||
+					total >= v1alpha1.MaxExecutablesPerPolicy {
 					overLimit++
 					continue
 				}
@@ -465,6 +466,7 @@ func mergeRules(rules v1alpha1.RulesByContainer, byPod map[string]map[string]map
 				r := out[c]
 				r.Executables = append(r.Executables, path)
 				out[c] = r
+				total++
 				added = true
 			}
 		}

@@ -82,7 +82,14 @@ var (
 	}, []string{"namespace", "policy"})
 )
 
+// Capacity (issue 14.2). Labels are bounded by the policies.
+var policyCapacityRefusalsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "execgate_controller_policy_capacity_refusals_total",
+	Help: "Admission pushes an agent refused because the pod's policy does not fit in the node's rule maps or the namespace's share (the agent holds the pod: deny-all under Protect), by namespace and policy.",
+}, []string{"namespace", "policy"})
+
 func init() {
+	metrics.Registry.MustRegister(policyCapacityRefusalsTotal)
 	metrics.Registry.MustRegister(policyWeakenedTotal, policyDeletionsInUseTotal, writableRootPodsTotal)
 	metrics.Registry.MustRegister(bindingsTotal, pushesTotal, pushDuration, webhookDuration)
 	metrics.Registry.MustRegister(agentEventStreams, violationsTotal, violationEventWrites)

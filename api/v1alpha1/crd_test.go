@@ -1,6 +1,7 @@
 package v1alpha1_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -109,6 +110,7 @@ func checkRulesSchema(t *testing.T, spec *apiextensionsv1.JSONSchemaProps) *apie
 	if rules.MaxProperties == nil || *rules.MaxProperties != v1alpha1.MaxContainers {
 		t.Errorf("rulesByContainer.maxProperties = %v, want %d", rules.MaxProperties, v1alpha1.MaxContainers)
 	}
+	wantRules(t, "rulesByContainer", rules, fmt.Sprintf(".sum() <= %d", v1alpha1.MaxExecutablesPerPolicy))
 	wantRules(t, "rulesByContainer", rules, `c == '*'`, `size(c) <= 63`, `c.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')`)
 	list := prop(t, rules, "*", "executables")
 	if list.MaxItems == nil || *list.MaxItems != v1alpha1.MaxExecutablesPerContainer {

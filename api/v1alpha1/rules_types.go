@@ -14,6 +14,13 @@ const (
 	MaxContainers = 64
 	// MaxExecutablesPerContainer is the most entries one ContainerRules may list.
 	MaxExecutablesPerContainer = 1024
+	// MaxExecutablesPerPolicy is the most entries a RulesByContainer may list over all its
+	// containers (issue 14.2). Without it one policy of 64 containers x 1024 paths needs
+	// 131,072 kernel entries (each path is loaded for its container and for the pod's
+	// union), four times a node's default rule map: a tenant could fill every node it
+	// lands on. 4096 paths need at most 8,192 entries, a quarter of the default map,
+	// which is the chart's default per-namespace share (agent.maps.namespaceSharePercent).
+	MaxExecutablesPerPolicy = 4096
 	// MaxPathLength is the longest executable path, in bytes (PATH_MAX without its NUL).
 	MaxPathLength = execpath.MaxLen
 	// MaxPrefixRuleLength is the longest directory prefix rule, in bytes, including its
@@ -31,6 +38,7 @@ const (
 // mode it cannot execute anything (execgate fails closed).
 //
 // +kubebuilder:validation:MaxProperties=64
+// +kubebuilder:validation:XValidation:rule="self.map(c, has(self[c].executables) ? size(self[c].executables) : 0).sum() <= 4096",message="at most 4096 executables over all containers: each is loaded into the kernel of every node the pods run on; use directory prefix rules (ending in \"/\") or the \"*\" key for rules many containers share"
 // +kubebuilder:validation:XValidation:rule="self.all(c, c == '*' || (size(c) <= 63 && c.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')))",message="every key must be a container name (a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit) or \"*\" for any container not listed"
 type RulesByContainer map[string]ContainerRules
 

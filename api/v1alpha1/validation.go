@@ -94,6 +94,13 @@ func validateRules(v *problems, at field, rules RulesByContainer) {
 	if n := len(rules); n > MaxContainers {
 		v.addf("%s: has %d containers; at most %d are allowed", at, n, MaxContainers)
 	}
+	total := 0
+	for _, r := range rules {
+		total += len(r.Executables)
+	}
+	if total > MaxExecutablesPerPolicy {
+		v.addf("%s: lists %d executables over all containers; at most %d are allowed (use directory prefix rules ending in \"/\", or the \"*\" key for rules many containers share)", at, total, MaxExecutablesPerPolicy)
+	}
 	for _, c := range sortedKeys(rules) {
 		if c != AnyContainer {
 			for _, msg := range validation.IsDNS1123Label(c) {

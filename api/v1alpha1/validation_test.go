@@ -54,6 +54,12 @@ func TestWorkloadPolicyValidate(t *testing.T) {
 			strings.Repeat("a", 63): exe("/a"),
 		}), nil},
 		{"64 containers", policy(v1alpha1.ModeLearn, containers(64)), nil},
+		{"4096 executables over all containers", policy(v1alpha1.ModeProtect, v1alpha1.RulesByContainer{
+			"a": exe(fill(1024, func(i int) string { return fmt.Sprintf("/a/%d", i) })...),
+			"b": exe(fill(1024, func(i int) string { return fmt.Sprintf("/b/%d", i) })...),
+			"c": exe(fill(1024, func(i int) string { return fmt.Sprintf("/c/%d", i) })...),
+			"d": exe(fill(1024, func(i int) string { return fmt.Sprintf("/d/%d", i) })...),
+		}), nil},
 
 		{"mode missing", policy("", nil), []string{`spec.mode: required; set one of Learn, Monitor, Protect`}},
 		{"mode unknown", policy("Enforce", nil), []string{`spec.mode: "Enforce" is not a mode`}},
@@ -94,6 +100,13 @@ func TestWorkloadPolicyValidate(t *testing.T) {
 		{"too many executables", policy(v1alpha1.ModeLearn, v1alpha1.RulesByContainer{
 			"web": exe(fill(1025, func(i int) string { return "/bin/" + strings.Repeat("x", i+1) })...),
 		}), []string{`spec.rulesByContainer["web"].executables: has 1025 entries; at most 1024 are allowed`}},
+		{"too many executables over all containers", policy(v1alpha1.ModeProtect, v1alpha1.RulesByContainer{
+			"a": exe(fill(1024, func(i int) string { return fmt.Sprintf("/a/%d", i) })...),
+			"b": exe(fill(1024, func(i int) string { return fmt.Sprintf("/b/%d", i) })...),
+			"c": exe(fill(1024, func(i int) string { return fmt.Sprintf("/c/%d", i) })...),
+			"d": exe(fill(1024, func(i int) string { return fmt.Sprintf("/d/%d", i) })...),
+			"e": exe("/e"),
+		}), []string{`spec.rulesByContainer: lists 4097 executables over all containers; at most 4096 are allowed`}},
 		{"too many containers", policy(v1alpha1.ModeLearn, containers(65)),
 			[]string{`spec.rulesByContainer: has 65 containers; at most 64 are allowed`}},
 		{"container name not a label", policy(v1alpha1.ModeLearn, v1alpha1.RulesByContainer{"Web_1": exe("/a")}),

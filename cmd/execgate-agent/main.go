@@ -37,6 +37,8 @@ func main() {
 	flag.StringVar(&cfg.AttachMode, "attach-mode", "auto", "exec hook: auto, lsm, fmod_ret, fanotify or exec_kill")
 	flag.IntVar(&cfg.MaxPods, "max-pods", 256, "pods this node may enforce (sizes the kernel maps and the pending set)")
 	flag.IntVar(&cfg.MaxEntries, "max-entries", enforcer.DefaultMaxExactEntries, "exact allowlist entries across all policies")
+	flag.IntVar(&cfg.MaxPrefixEntries, "max-prefix-entries", enforcer.DefaultMaxPrefixEntries, "directory prefix entries across all policies")
+	flag.IntVar(&cfg.NamespaceSharePercent, "namespace-share-percent", 100, "percent of each rule map one namespace's policies may hold (100: no bound; the chart sets 25)")
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for the backstop watch (empty = in-cluster, or no backstop)")
 	flag.DurationVar(&cfg.GCInterval, "gc-interval", 30*time.Second, "period of the sweep that drops dead cgroups and unused policies")
 	flag.DurationVar(&cfg.NodeStatusInterval, "node-status-interval", 30*time.Second, "shortest time between two ExecgateNode status writes that change only counters (pod and policy changes are written within seconds)")

@@ -91,6 +91,8 @@ type Agent struct {
 
 	ready     atomic.Bool
 	runCalled atomic.Bool
+	// events is the backstop's Event recorder while it runs (capacity.go).
+	events atomic.Pointer[eventSink]
 }
 
 var _ server.Backend = (*Agent)(nil)
@@ -111,6 +113,9 @@ type podState struct {
 	// (a push's request id, or "backstop"), for GetStatus.
 	appliedBy string
 	appliedAt time.Time
+	// capacityHold is set while the pod's policy does not fit on the node and the pod
+	// runs the deny-all or an older version instead (capacity.go).
+	capacityHold *capacityHold
 }
 
 type owner struct {
@@ -246,14 +251,18 @@ func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (ap
 			return false, 0, kernelError(fmt.Errorf("replace recreated policy %s: %w", pv.Key, err))
 		}
 	}
-	curVersion, existed := a.enf.PolicyVersionOf(pv.Key)
+	cur, existed := a.enf.PolicyVersionOf(pv.Key)
 	curDigest, _ := a.enf.PolicyDigestOf(pv.Key)
 	// Paths found to be dynamic loaders on this node stay out (loaders.go).
-	putApplied, err := a.enf.PutPolicy(a.withoutRefusedLocked(pv))
-	if err != nil {
-		return false, 0, kernelError(fmt.Errorf("load policy %s version %d: %w", pv.Key, pv.Version, err))
+	putApplied, loadErr := a.enf.PutPolicy(a.withoutRefusedLocked(pv))
+	held := ""
+	if loadErr != nil {
+		loadErr = kernelError(fmt.Errorf("load policy %s version %d: %w", pv.Key, pv.Version, loadErr))
+		if held = a.holdOnLoadFailureLocked(pv, cur, existed, loadErr); held == loadUnenforced {
+			return false, 0, loadErr
+		}
 	}
-	if putApplied && existed && curVersion == pv.Version && curDigest != "" {
+	if putApplied && existed && cur == pv.Version && curDigest != "" {
 		a.metrics.contentReplaced(pp.Policy.Namespace, string(pv.Key))
 		a.log.Warn("policy generation pushed again with other content; the pushed content replaced the loaded one",
 			zap.String("policy", string(pv.Key)), zap.Uint64("version", pv.Version), zap.String("loaded_digest", curDigest),
@@ -292,6 +301,11 @@ func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (ap
 		}
 		return false, 0, err
 	}
+	if loadErr != nil {
+		a.capacityHeldLocked(next, pv, held, loadErr)
+		return false, loaded, errHeld(pp, held, loadErr)
+	}
+	a.releaseCapacityHoldLocked(pv.Key, loaded)
 	return putApplied || podChanged, loaded, nil
 }
 
@@ -547,7 +561,11 @@ func (a *Agent) releasePolicyLocked(key enforcer.PolicyKey) {
 	}
 	err := a.enf.DeletePolicy(key)
 	switch {
-	case err == nil, errors.Is(err, enforcer.ErrNotFound):
+	case err == nil:
+		delete(a.policyUIDs, key)
+		delete(a.loaders.sources, key)
+		a.retryCapacityHoldsLocked() // the space it held may fit a held pod's policy
+	case errors.Is(err, enforcer.ErrNotFound):
 		delete(a.policyUIDs, key)
 		delete(a.loaders.sources, key)
 	case errors.Is(err, enforcer.ErrInUse):
@@ -577,6 +595,7 @@ func (a *Agent) RemovePolicy(ctx context.Context, ref podpolicy.PolicyRef) (bool
 	switch {
 	case err == nil:
 		delete(a.policyUIDs, key)
+		a.retryCapacityHoldsLocked()
 		return true, nil
 	case errors.Is(err, enforcer.ErrNotFound):
 		delete(a.policyUIDs, key)

@@ -258,6 +258,7 @@ func (a *Agent) Sweep() int {
 		delete(a.policyUIDs, lp.Key)
 		removed++
 	}
+	a.retryCapacityHoldsLocked()
 	if removed > 0 {
 		a.metrics.gcRemoved(removed)
 		a.log.Info("gc sweep removed dead state", zap.Int("removed", removed))

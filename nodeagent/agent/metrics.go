@@ -21,6 +21,7 @@ type metrics struct {
 	labelChanges  *prometheus.CounterVec // namespace, policy, change
 	replaced      *prometheus.CounterVec // namespace, policy
 	loaders       *prometheus.CounterVec // namespace, policy, result
+	loadFailures  *prometheus.CounterVec // namespace, policy, reason, result
 }
 
 func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
@@ -51,8 +52,12 @@ func newMetrics(a *Agent, reg prometheus.Registerer) (*metrics, error) {
 			Name: "execgate_agent_loaders_total",
 			Help: "Dynamic loaders found by content at paths a policy allows or learns, by namespace, policy and result: refused (an allowed path or prefix rule refused on this node), incomplete (a prefix rule's directory too large to inspect whole), learn_dropped (a Learn event for a loader, never proposed), learn_unverified (a Learn event whose file could not be read, not proposed this time).",
 		}, []string{"namespace", "policy", "result"}),
+		loadFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "execgate_agent_policy_load_failures_total",
+			Help: "Pod policy loads that failed because the node's maps (reason=node_capacity) or the namespace's share of them (reason=namespace_share) were full, by namespace, policy and what the pod runs instead: result=fail_closed (Protect, nothing may execute), older_version (the version loaded on the node), unenforced (Monitor or Learn, or deny-all did not load). Every attempt counts, retries included; execgate_agent_held_pods is the current state.",
+		}, []string{"namespace", "policy", "reason", "result"}),
 	}
-	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, m.labelChanges, m.replaced, m.loaders, &stateCollector{a: a}} {
+	for _, c := range []prometheus.Collector{m.applyDuration, m.gcRemovals, m.violations, m.labelChanges, m.replaced, m.loaders, m.loadFailures, &stateCollector{a: a}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -101,6 +106,12 @@ func (m *metrics) loaderCheck(namespace, policy, result string) {
 	}
 }
 
+func (m *metrics) loadFailed(namespace, policy, reason, result string) {
+	if m != nil {
+		m.loadFailures.WithLabelValues(namespace, policy, reason, result).Inc()
+	}
+}
+
 func (m *metrics) gcRemoved(n int) {
 	if m != nil {
 		m.gcRemovals.Add(float64(n))
@@ -108,9 +119,13 @@ func (m *metrics) gcRemoved(n int) {
 }
 
 var (
-	descPods       = prometheus.NewDesc("execgate_agent_loaded_pods", "Pods the agent enforces or waits for.", nil, nil)
+	descPods = prometheus.NewDesc("execgate_agent_loaded_pods", "Pods the agent enforces or waits for.", nil, nil)
+	descHeld = prometheus.NewDesc("execgate_agent_held_pods",
+		"Pods whose policy does not fit on this node and that run held until it does: result=fail_closed (deny-all: nothing may execute), older_version (the version loaded on the node).",
+		[]string{"result"}, nil)
 	descPolicies   = prometheus.NewDesc("execgate_agent_loaded_policies", "Policies loaded in the kernel.", nil, nil)
 	descMapEntries = prometheus.NewDesc("execgate_agent_map_entries", "Entries execgate wrote in each BPF map.", []string{"map"}, nil)
+	descMapMax     = prometheus.NewDesc("execgate_agent_map_max_entries", "Capacity of each BPF map (max_entries), for alerts on a filling rule map.", []string{"map"}, nil)
 	descMapBytes   = prometheus.NewDesc("execgate_agent_map_bytes", "Kernel memory charged to each BPF map.", []string{"map"}, nil)
 	descDecisions  = prometheus.NewDesc("execgate_agent_decisions_total", "Exec decisions of the kernel program, by action.", []string{"action"}, nil)
 	descAttach     = prometheus.NewDesc("execgate_agent_attach_mode",
@@ -125,7 +140,7 @@ var (
 type stateCollector struct{ a *Agent }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPods, descPolicies, descMapEntries, descMapBytes, descDecisions, descDropped, descAttach} {
+	for _, d := range []*prometheus.Desc{descPods, descHeld, descPolicies, descMapEntries, descMapMax, descMapBytes, descDecisions, descDropped, descAttach} {
 		ch <- d
 	}
 }
@@ -145,6 +160,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descPods, prometheus.GaugeValue, float64(pods))
 	ch <- prometheus.MustNewConstMetric(descPolicies, prometheus.GaugeValue, float64(policies))
+	for result, n := range c.a.capacityHoldCounts() {
+		ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(n), result)
+	}
 	st, err := c.a.enf.Stats()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(descMapEntries, err)
@@ -154,6 +172,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		if m.Entries >= 0 {
 			ch <- prometheus.MustNewConstMetric(descMapEntries, prometheus.GaugeValue, float64(m.Entries), m.Name)
 		}
+		ch <- prometheus.MustNewConstMetric(descMapMax, prometheus.GaugeValue, float64(m.MaxEntries), m.Name)
 		ch <- prometheus.MustNewConstMetric(descMapBytes, prometheus.GaugeValue, float64(m.Bytes), m.Name)
 	}
 	for _, action := range []string{"checked", "allowed", "learned", "reported", "denied", "untrusted", "scratch-busy", "twin-decided", "skipped"} {

@@ -47,9 +47,12 @@ type Config struct {
 	AttachMode          string
 	MaxPods             int
 	MaxEntries          int
-	Kubeconfig          string
-	GCInterval          time.Duration
-	NodeStatusInterval  time.Duration // counters in the ExecgateNode status: at most this often; 0 = 30s
+	MaxPrefixEntries    int
+	// NamespaceSharePercent bounds one namespace's part of each rule map (1-100; 100: none).
+	NamespaceSharePercent int
+	Kubeconfig            string
+	GCInterval            time.Duration
+	NodeStatusInterval    time.Duration // counters in the ExecgateNode status: at most this often; 0 = 30s
 }
 
 func (c *Config) validate() error {
@@ -61,8 +64,11 @@ func (c *Config) validate() error {
 	if !c.InsecureForTesting && (files == (c.TLSRequestDir != "") || c.ClientCAFile == "") {
 		problems = append(problems, "--client-ca-file and either --tls-request-dir or both --tls-cert-file and --tls-key-file are required (or --insecure-for-testing, for tests only)")
 	}
-	if c.MaxPods <= 0 || c.MaxEntries <= 0 {
-		problems = append(problems, "--max-pods and --max-entries must be positive")
+	if c.MaxPods <= 0 || c.MaxEntries <= 0 || c.MaxPrefixEntries <= 0 {
+		problems = append(problems, "--max-pods, --max-entries and --max-prefix-entries must be positive")
+	}
+	if c.NamespaceSharePercent < 1 || c.NamespaceSharePercent > 100 {
+		problems = append(problems, "--namespace-share-percent must be 1-100 (100: no per-namespace bound)")
 	}
 	if c.GCInterval <= 0 {
 		problems = append(problems, "--gc-interval must be positive")
@@ -104,6 +110,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	enf, err := enforcer.New(enforcer.Config{
 		PinDir: cfg.BPFFS, Attach: attach, Logger: log.Named("enforcer"),
 		MaxBindings: uint32(cfg.MaxPods * (1 + containersPerPod)), MaxExactEntries: uint32(cfg.MaxEntries),
+		MaxPrefixEntries: uint32(cfg.MaxPrefixEntries), NamespaceSharePercent: uint32(cfg.NamespaceSharePercent),
 	})
 	if err != nil {
 		return fmt.Errorf("load enforcer: %w", err)

@@ -83,6 +83,11 @@ type Config struct {
 	MaxExactEntries uint32
 	// MaxPrefixEntries bounds directory-prefix entries on the node.
 	MaxPrefixEntries uint32
+	// NamespaceSharePercent bounds the part of each rule map (exact entries,
+	// prefix entries, slots) the policies of one namespace may hold, so that
+	// one tenant cannot fill the node for the others (share.go). 0 or 100:
+	// no per-namespace bound.
+	NamespaceSharePercent uint32
 	// RingBufferBytes is the event ring size, a power of two >= page size.
 	RingBufferBytes uint32
 	Logger          *zap.Logger
@@ -125,6 +130,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxPrefixEntries == 0 {
 		c.MaxPrefixEntries = DefaultMaxPrefixEntries
+	}
+	if c.NamespaceSharePercent > 100 {
+		return fmt.Errorf("namespace share %d%% must be at most 100 (0 or 100: no per-namespace bound)", c.NamespaceSharePercent)
 	}
 	if c.RingBufferBytes == 0 {
 		c.RingBufferBytes = DefaultRingBufferBytes

@@ -145,6 +145,9 @@ func (e *Enforcer) buildSlots(p PolicyVersion) (*policyState, error) {
 		nPrefix += len(c.prefixes)
 	}
 	sort.Strings(names)
+	if err := e.checkShareLocked(p, nExact, nPrefix, len(names)); err != nil {
+		return nil, err
+	}
 	if e.nExact+nExact > int(e.cfg.MaxExactEntries) {
 		return nil, fmt.Errorf("%w: policy %s needs %d exact entries, %d of %d in use", ErrCapacity, p.Key, nExact, e.nExact, e.cfg.MaxExactEntries)
 	}

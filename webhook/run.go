@@ -33,6 +33,9 @@ const (
 // Config is the controller's configuration, one field per command-line flag.
 type Config struct {
 	PushTimeout   time.Duration
+	LookupTimeout time.Duration // API read of a pod the cache does not have yet
+	// AnswerWithin bounds a whole admission decision (Admitter.AnswerWithin).
+	AnswerWithin  time.Duration
 	WebhookPort   int
 	WebhookCert   string // directory with tls.crt and tls.key
 	AgentCAFile   string
@@ -58,6 +61,12 @@ func (c *Config) validate() (static map[string]string, selector labels.Selector,
 	var errs []error
 	if c.PushTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--push-timeout must be positive, got %s", c.PushTimeout))
+	}
+	if c.LookupTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--lookup-timeout must be positive, got %s", c.LookupTimeout))
+	}
+	if c.AnswerWithin < 0 {
+		errs = append(errs, fmt.Errorf("--answer-within must not be negative, got %s", c.AnswerWithin))
 	}
 	if c.WebhookPort < 1 || c.WebhookPort > 65535 {
 		errs = append(errs, fmt.Errorf("--webhook-port %d is not a port", c.WebhookPort))
@@ -153,10 +162,11 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 
 	admitter := &Admitter{
-		Cache: mgr.GetClient(), APIReader: mgr.GetAPIReader(), LookupTimeout: DefaultLookupTimeout,
-		Pusher:   &Pusher{Agents: pool, Timeout: cfg.PushTimeout},
-		Recorder: mgr.GetEventRecorder("execgate-controller"),
-		Log:      log.Named("admission"),
+		Cache: mgr.GetClient(), APIReader: mgr.GetAPIReader(), LookupTimeout: cfg.LookupTimeout,
+		AnswerWithin: cfg.AnswerWithin,
+		Pusher:       &Pusher{Agents: pool, Timeout: cfg.PushTimeout},
+		Recorder:     mgr.GetEventRecorder("execgate-controller"),
+		Log:          log.Named("admission"),
 	}
 	recoverPanic := true
 	server := mgr.GetWebhookServer()
@@ -182,7 +192,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
 		return fmt.Errorf("ready check: %w", err)
 	}
-	log.Info("starting controller manager", zap.Duration("pushTimeout", cfg.PushTimeout), zap.Bool("staticAgents", static != nil), zap.Bool("leaderElect", cfg.LeaderElect))
+	log.Info("starting controller manager", zap.Duration("pushTimeout", cfg.PushTimeout), zap.Duration("lookupTimeout", cfg.LookupTimeout), zap.Duration("answerWithin", cfg.AnswerWithin), zap.Bool("staticAgents", static != nil), zap.Bool("leaderElect", cfg.LeaderElect))
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}

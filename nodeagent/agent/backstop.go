@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
@@ -99,7 +100,7 @@ func (a *Agent) runBackstop(ctx context.Context) error {
 		labelReported: map[string]string{},
 	}
 	defer b.queue.ShutDown()
-	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: bs.Kube.EventsV1()})
+	broadcaster := events.NewBroadcaster(NodeEventSink(bs.Kube, node))
 	if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
 		return fmt.Errorf("backstop: start event recorder: %w", err)
 	}
@@ -124,6 +125,32 @@ func (a *Agent) runBackstop(ctx context.Context) error {
 	for b.processNext(ctx) {
 	}
 	return nil
+}
+
+// NodeEventSink writes the agent's events.k8s.io Events with reportingInstance
+// "execgate-agent-<node>" (the events library would put the pod's host name there): the
+// chart's admission policy agent-node-guard accepts an agent's Event only when it names the
+// node of the agent's service account token (issue 14.8), so every Event says which node
+// wrote it.
+func NodeEventSink(kube kubernetes.Interface, node string) events.EventSink {
+	return &nodeEventSink{EventSink: &events.EventSinkImpl{Interface: kube.EventsV1()}, instance: "execgate-agent-" + node}
+}
+
+type nodeEventSink struct {
+	events.EventSink
+	instance string
+}
+
+func (s *nodeEventSink) Create(ctx context.Context, ev *eventsv1.Event) (*eventsv1.Event, error) {
+	ev = ev.DeepCopy()
+	ev.ReportingInstance = s.instance
+	return s.EventSink.Create(ctx, ev)
+}
+
+func (s *nodeEventSink) Update(ctx context.Context, ev *eventsv1.Event) (*eventsv1.Event, error) {
+	ev = ev.DeepCopy()
+	ev.ReportingInstance = s.instance
+	return s.EventSink.Update(ctx, ev)
 }
 
 func (b *backstop) addHandlers() error {

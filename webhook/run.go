@@ -17,6 +17,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
@@ -48,8 +49,10 @@ type Config struct {
 	// AgentEndpoints, when set ("node=host:port,..."), replaces agent discovery.
 	AgentEndpoints string
 	MetricsAddr    string
-	HealthAddr     string
-	LeaderElect    bool
+	// MetricsSecure serves /metrics over HTTPS to authenticated, authorized clients only.
+	MetricsSecure bool
+	HealthAddr    string
+	LeaderElect   bool
 	// LeaderElectNS holds the leader election Lease; empty: the pod's own
 	// namespace (in cluster only).
 	LeaderElectNS string
@@ -116,7 +119,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                  scheme,
-		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		Metrics:                 MetricsOptions(cfg.MetricsAddr, cfg.MetricsSecure),
 		HealthProbeBindAddress:  cfg.HealthAddr,
 		LeaderElection:          cfg.LeaderElect,
 		LeaderElectionID:        LeaderElectionID,
@@ -197,6 +200,19 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return fmt.Errorf("run manager: %w", err)
 	}
 	return nil
+}
+
+// MetricsOptions is the controller's metrics server. Secure serves HTTPS (controller-runtime's
+// self-signed certificate) and /metrics only to clients whose bearer token the API server
+// authenticates (TokenReview) and authorizes for GET /metrics (SubjectAccessReview): the
+// metrics name tenants' namespaces and policies (issue 14.10).
+func MetricsOptions(addr string, secure bool) metricsserver.Options {
+	o := metricsserver.Options{BindAddress: addr}
+	if secure {
+		o.SecureServing = true
+		o.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	return o
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

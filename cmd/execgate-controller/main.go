@@ -33,6 +33,7 @@ func main() {
 	fs.StringVar(&cfg.AgentSelector, "agent-selector", "", "label selector of the agent pods")
 	fs.StringVar(&cfg.AgentEndpoints, "agent-endpoints", "", "static node=host:port,... list replacing agent discovery (tests)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":8080", "address of the Prometheus metrics endpoint (0 disables)")
+	fs.BoolVar(&cfg.MetricsSecure, "metrics-secure", false, "serve /metrics over HTTPS, only to clients the API server authenticates and authorizes for GET /metrics")
 	fs.StringVar(&cfg.HealthAddr, "health-addr", ":8081", "address of /healthz and /readyz")
 	fs.BoolVar(&cfg.LeaderElect, "leader-elect", false, "elect a leader to run the reconcilers (the webhook runs on every replica)")
 	fs.StringVar(&cfg.LeaderElectNS, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's own)")

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
@@ -37,6 +38,9 @@ import (
 type Backstop struct {
 	Kube    kubernetes.Interface
 	Dynamic dynamic.Interface
+	// Config is what Kube and Dynamic were made from; the secure metrics endpoint
+	// reviews its clients' tokens with it.
+	Config *rest.Config
 	// Resync re-checks every local pod this often (default 10m).
 	Resync time.Duration
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/dynamic"
@@ -27,14 +26,17 @@ import (
 
 // Config is the agent binary's configuration (one field per flag).
 type Config struct {
-	NodeName            string
-	GRPCAddr            string
-	TLSCertFile         string
-	TLSKeyFile          string
-	ClientCAFile        string
-	ClientName          string
-	InsecureForTesting  bool
-	MetricsAddr         string
+	NodeName           string
+	GRPCAddr           string
+	TLSCertFile        string
+	TLSKeyFile         string
+	ClientCAFile       string
+	ClientName         string
+	InsecureForTesting bool
+	MetricsAddr        string
+	// MetricsSecure serves /metrics over HTTPS to authenticated, authorized clients only
+	// (MetricsServerOptions.Secure); it needs the API server (--kubeconfig or in-cluster).
+	MetricsSecure       bool
 	HealthAddr          string
 	BPFFS               string
 	CgroupRoot          string // cgroup2 mount; "" = discover
@@ -125,8 +127,14 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 
-	metricsMux := http.NewServeMux()
-	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	var restCfg *rest.Config
+	if backstop != nil {
+		restCfg = backstop.Config
+	}
+	metrics, err := NewMetricsServer(MetricsServerOptions{Registry: reg, Secure: cfg.MetricsSecure, RESTConfig: restCfg, Logger: log})
+	if err != nil {
+		return fmt.Errorf("--metrics-secure: %w", err)
+	}
 	healthMux := http.NewServeMux()
 	healthMux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	healthMux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -152,7 +160,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		g.Go(func() error { return nodeStatus.Run(ctx) })
 	}
 	g.Go(func() error { return srv.ListenAndServe(ctx) })
-	g.Go(func() error { return serveHTTP(ctx, cfg.MetricsAddr, metricsMux) })
+	g.Go(func() error { return metrics.ListenAndServe(ctx, cfg.MetricsAddr) })
 	g.Go(func() error { return serveHTTP(ctx, cfg.HealthAddr, healthMux) })
 	return g.Wait()
 }
@@ -190,7 +198,7 @@ func backstopClients(kubeconfig string, log *zap.Logger) (*Backstop, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes dynamic client: %w", err)
 	}
-	return &Backstop{Kube: kube, Dynamic: dyn}, nil
+	return &Backstop{Kube: kube, Dynamic: dyn, Config: rc}, nil
 }
 
 // serveHTTP serves h on addr until ctx ends; an empty addr disables it.

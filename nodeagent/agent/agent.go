@@ -71,6 +71,9 @@ type Agent struct {
 	// policyUIDs remembers the object uid of each policy key, to refuse a
 	// recreated policy (whose generation restarts at 1) silently losing.
 	policyUIDs map[enforcer.PolicyKey]string
+	// argv holds each policy's spec.argv (argv.go), as the backstop's watch of
+	// WorkloadPolicies last saw it; a policy it lacks reports command lines in full.
+	argv map[enforcer.PolicyKey]argvPolicy
 
 	subs subscribers
 	// learn dedupes and replays Learn events (learn.go); guarded by mu.
@@ -167,6 +170,7 @@ func New(opts Options) (*Agent, error) {
 		pending:    pending,
 		gone:       gone,
 		policyUIDs: map[enforcer.PolicyKey]string{},
+		argv:       map[enforcer.PolicyKey]argvPolicy{},
 	}
 	a.subs.init()
 	if opts.Registry != nil {

@@ -179,12 +179,18 @@ func (b *backstop) addHandlers() error {
 	}
 	enqueuePolicy := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			b.a.setArgvPolicy(enforcer.PolicyKey(key), argvSpec(obj), true)
 			b.queue.Add(backstopItem{kind: itemPolicy, key: key})
 		}
 	}
 	if _, err := b.policies.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    enqueuePolicy,
 		UpdateFunc: func(_, obj any) { enqueuePolicy(obj) },
+		DeleteFunc: func(obj any) {
+			if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+				b.a.setArgvPolicy(enforcer.PolicyKey(key), nil, false)
+			}
+		},
 	}); err != nil {
 		return fmt.Errorf("backstop: watch workload policies: %w", err)
 	}
@@ -334,6 +340,20 @@ func (b *backstop) labelChanged(pod *corev1.Pod, bound enforcer.PolicyKey, label
 	if b.recorder != nil {
 		b.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonPolicyLabelChanged, "KeepBinding", "%s", note)
 	}
+}
+
+// argvSpec is the spec.argv of a WorkloadPolicy from the watch. An object that does not
+// decode reports no command line (Capture None): its masks are unknown.
+func argvSpec(obj any) *v1alpha1.ArgvCapture {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return &v1alpha1.ArgvCapture{Capture: v1alpha1.ArgvCaptureNone}
+	}
+	var wp v1alpha1.WorkloadPolicy
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &wp); err != nil {
+		return &v1alpha1.ArgvCapture{Capture: v1alpha1.ArgvCaptureNone}
+	}
+	return wp.Spec.Argv
 }
 
 // policyFromObject converts and validates a WorkloadPolicy from the watch.

@@ -127,7 +127,7 @@ type ArgvCapture struct {
 	// +kubebuilder:validation:MaxItems=16
 	// +kubebuilder:validation:items:MaxLength=256
 	// +kubebuilder:validation:items:MinLength=1
-	// +kubebuilder:validation:XValidation:rule="self.all(p, ''.matches(p) || true)",message="every pattern must be an RE2 regular expression"
+	// +kubebuilder:validation:XValidation:rule="self.all(p, type(''.matches(p)) == bool)",message="every pattern must be an RE2 regular expression"
 	Redact []string `json:"redact,omitempty"`
 }
 

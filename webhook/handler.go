@@ -51,9 +51,16 @@ type Admitter struct {
 	// APIReader reads from the API server; used only when Cache misses the pod.
 	APIReader     client.Reader
 	LookupTimeout time.Duration
-	Pusher        *Pusher
-	Recorder      events.EventRecorder
-	Log           *zap.Logger
+	// AnswerWithin bounds one whole decision: the pod lookup, the connection and mTLS
+	// handshake to the agent when none is open yet, and the push. The API server gives up
+	// on the webhook after its timeoutSeconds, and then the pod is bound without a push
+	// whatever the webhook does next; the chart sets this to timeoutSeconds minus the
+	// API server's own share of the call (webhook.callOverhead). 0: no bound beyond the
+	// lookup and push timeouts.
+	AnswerWithin time.Duration
+	Pusher       *Pusher
+	Recorder     events.EventRecorder
+	Log          *zap.Logger
 }
 
 // admissionTarget is a decoded, validated request: which pod goes to which node.
@@ -192,8 +199,15 @@ func checkNames(t admissionTarget, requireNode bool) error {
 	return nil
 }
 
-// decide finds the pod's policy and pushes it to the node's agent.
+// decide finds the pod's policy and pushes it to the node's agent, within AnswerWithin.
 func (a *Admitter) decide(ctx context.Context, t admissionTarget) decision {
+	if a.AnswerWithin > 0 {
+		// The lookup and the push keep their own timeouts, cut short by this one: their
+		// sum may exceed what the API server waits for.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, a.AnswerWithin)
+		defer cancel()
+	}
 	log := a.logger().With(zap.String("namespace", t.namespace), zap.String("pod", t.name), zap.String("node", t.node), zap.String("requestID", t.requestID))
 	pod := t.pod
 	if pod == nil {

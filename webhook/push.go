@@ -41,9 +41,10 @@ func (p *Pusher) push(ctx context.Context, node string, req *agentv1.ApplyPodPol
 	if err != nil {
 		return OutcomeError, fmt.Errorf("connect to agent: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, p.Timeout) // or less: the caller's deadline
 	defer cancel()
 	start := time.Now()
+	deadline, _ := ctx.Deadline()
 	resp, err := client.ApplyPodPolicy(ctx, req)
 	pushDuration.Observe(time.Since(start).Seconds())
 	switch {
@@ -52,7 +53,7 @@ func (p *Pusher) push(ctx context.Context, node string, req *agentv1.ApplyPodPol
 	case err == nil:
 		return OutcomeNoop, nil
 	case status.Code(err) == codes.DeadlineExceeded || errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return OutcomeTimeout, fmt.Errorf("apply pod policy on node %s: no answer within %s: %w", node, p.Timeout, err)
+		return OutcomeTimeout, fmt.Errorf("apply pod policy on node %s: no answer within %s: %w", node, deadline.Sub(start).Round(time.Millisecond), err)
 	default:
 		return OutcomeError, fmt.Errorf("apply pod policy on node %s: %w", node, err)
 	}

@@ -18,6 +18,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
@@ -35,6 +36,9 @@ const (
 // Config is the controller's configuration, one field per command-line flag.
 type Config struct {
 	PushTimeout   time.Duration
+	LookupTimeout time.Duration // API read of a pod the cache does not have yet
+	// AnswerWithin bounds a whole admission decision (Admitter.AnswerWithin).
+	AnswerWithin  time.Duration
 	WebhookPort   int
 	WebhookCert   string // directory with tls.crt and tls.key
 	AgentCAFile   string
@@ -58,8 +62,10 @@ type Config struct {
 	// AgentEndpoints, when set ("node=host:port,..."), replaces agent discovery.
 	AgentEndpoints string
 	MetricsAddr    string
-	HealthAddr     string
-	LeaderElect    bool
+	// MetricsSecure serves /metrics over HTTPS to authenticated, authorized clients only.
+	MetricsSecure bool
+	HealthAddr    string
+	LeaderElect   bool
 	// LeaderElectNS holds the leader election Lease; empty: the pod's own
 	// namespace (in cluster only).
 	LeaderElectNS string
@@ -71,6 +77,12 @@ func (c *Config) validate() (static map[string]string, selector labels.Selector,
 	var errs []error
 	if c.PushTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--push-timeout must be positive, got %s", c.PushTimeout))
+	}
+	if c.LookupTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--lookup-timeout must be positive, got %s", c.LookupTimeout))
+	}
+	if c.AnswerWithin < 0 {
+		errs = append(errs, fmt.Errorf("--answer-within must not be negative, got %s", c.AnswerWithin))
 	}
 	if c.WebhookPort < 1 || c.WebhookPort > 65535 {
 		errs = append(errs, fmt.Errorf("--webhook-port %d is not a port", c.WebhookPort))
@@ -143,7 +155,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                  scheme,
-		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		Metrics:                 MetricsOptions(cfg.MetricsAddr, cfg.MetricsSecure),
 		HealthProbeBindAddress:  cfg.HealthAddr,
 		LeaderElection:          cfg.LeaderElect,
 		LeaderElectionID:        LeaderElectionID,
@@ -224,10 +236,11 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 
 	admitter := &Admitter{
-		Cache: mgr.GetClient(), APIReader: mgr.GetAPIReader(), LookupTimeout: DefaultLookupTimeout,
-		Pusher:   &Pusher{Agents: pool, Timeout: cfg.PushTimeout},
-		Recorder: mgr.GetEventRecorder("execgate-controller"),
-		Log:      log.Named("admission"),
+		Cache: mgr.GetClient(), APIReader: mgr.GetAPIReader(), LookupTimeout: cfg.LookupTimeout,
+		AnswerWithin: cfg.AnswerWithin,
+		Pusher:       &Pusher{Agents: pool, Timeout: cfg.PushTimeout},
+		Recorder:     mgr.GetEventRecorder("execgate-controller"),
+		Log:          log.Named("admission"),
 	}
 	recoverPanic := true
 	server := mgr.GetWebhookServer()
@@ -254,11 +267,24 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
 		return fmt.Errorf("ready check: %w", err)
 	}
-	log.Info("starting controller manager", zap.Duration("pushTimeout", cfg.PushTimeout), zap.Bool("staticAgents", static != nil), zap.Bool("leaderElect", cfg.LeaderElect))
+	log.Info("starting controller manager", zap.Duration("pushTimeout", cfg.PushTimeout), zap.Duration("lookupTimeout", cfg.LookupTimeout), zap.Duration("answerWithin", cfg.AnswerWithin), zap.Bool("staticAgents", static != nil), zap.Bool("leaderElect", cfg.LeaderElect))
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}
 	return nil
+}
+
+// MetricsOptions is the controller's metrics server. Secure serves HTTPS (controller-runtime's
+// self-signed certificate) and /metrics only to clients whose bearer token the API server
+// authenticates (TokenReview) and authorizes for GET /metrics (SubjectAccessReview): the
+// metrics name tenants' namespaces and policies (issue 14.10).
+func MetricsOptions(addr string, secure bool) metricsserver.Options {
+	o := metricsserver.Options{BindAddress: addr}
+	if secure {
+		o.SecureServing = true
+		o.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	return o
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -99,7 +99,50 @@ type WorkloadPolicySpec struct {
 	// may be empty in Learn mode.
 	// +optional
 	RulesByContainer RulesByContainer `json:"rulesByContainer,omitempty"`
+
+	// Argv says whether the command line of an exec (up to 512 bytes) is reported in the
+	// node agent's logs, its event stream and the pod Events of violations, and what is
+	// masked in it first. Command lines can carry secrets (--password=..., tokens in URLs).
+	// Default: captured in full, nothing masked.
+	// +optional
+	Argv *ArgvCapture `json:"argv,omitempty"`
 }
+
+// ArgvCapture is the policy's treatment of command lines (issue 14.10).
+type ArgvCapture struct {
+	// Capture is Full (the default: the command line, with Redact applied) or None (only
+	// the executable is reported).
+	// +optional
+	// +kubebuilder:validation:Enum=Full;None
+	Capture ArgvCaptureMode `json:"capture,omitempty"`
+
+	// Redact lists RE2 regular expressions (Go syntax); every match inside an argument is
+	// replaced by "***" on the node, before the command line is logged or leaves it. A
+	// capture group masks only itself: "--password=(\S+)" keeps the flag's name. The
+	// API server refuses a pattern that does not compile; should one reach a node anyway,
+	// the node reports no command line at all. These options never keep a policy from
+	// being enforced: the policy's validation does not look at them.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=256
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self.all(p, type(''.matches(p)) == bool)",message="every pattern must be an RE2 regular expression"
+	Redact []string `json:"redact,omitempty"`
+}
+
+// ArgvCaptureMode is what of a command line is reported.
+type ArgvCaptureMode string
+
+const (
+	// ArgvCaptureFull reports the command line, Redact applied.
+	ArgvCaptureFull ArgvCaptureMode = "Full"
+	// ArgvCaptureNone reports no command line.
+	ArgvCaptureNone ArgvCaptureMode = "None"
+)
+
+// ArgvRedaction is the text a redacted match becomes.
+const ArgvRedaction = "***"
 
 // WorkloadPolicyStatus says whether the policy is in force. Per-node details are kept
 // only for failing nodes: listing every healthy node would rewrite every policy each

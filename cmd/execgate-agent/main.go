@@ -29,6 +29,7 @@ func main() {
 	flag.StringVar(&cfg.ClientName, "client-name", "execgate-controller", "identity (CN or SAN) a client certificate must carry")
 	flag.BoolVar(&cfg.InsecureForTesting, "insecure-for-testing", false, "serve gRPC without TLS or client authentication: FOR TESTS ONLY")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9090", "address of /metrics (empty disables)")
+	flag.BoolVar(&cfg.MetricsSecure, "metrics-secure", false, "serve /metrics over HTTPS, only to clients the API server authenticates and authorizes for GET /metrics")
 	flag.StringVar(&cfg.HealthAddr, "health-addr", ":9091", "address of /healthz and /readyz (empty disables)")
 	flag.StringVar(&cfg.BPFFS, "bpffs", "/sys/fs/bpf/execgate", "bpffs directory for execgate's pins")
 	flag.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup2 mount point (empty = discover)")

@@ -21,6 +21,8 @@ func main() {
 	var cfg webhook.Config
 	fs := flag.NewFlagSet("execgate-controller", flag.ExitOnError)
 	fs.DurationVar(&cfg.PushTimeout, "push-timeout", 250*time.Millisecond, "deadline of one push to an agent; the webhook answers (allowed) when it expires")
+	fs.DurationVar(&cfg.LookupTimeout, "lookup-timeout", webhook.DefaultLookupTimeout, "deadline of the API read of a pod the cache does not have yet")
+	fs.DurationVar(&cfg.AnswerWithin, "answer-within", 1500*time.Millisecond, "bound of one whole admission decision (lookup, agent handshake, push); below the webhook's timeoutSeconds (0: none)")
 	fs.IntVar(&cfg.WebhookPort, "webhook-port", 9443, "port of the admission webhook server")
 	fs.StringVar(&cfg.WebhookCert, "webhook-cert-dir", "", "directory holding the webhook's tls.crt and tls.key")
 	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA bundle the agents' serving certificates chain to")
@@ -36,6 +38,7 @@ func main() {
 	fs.StringVar(&cfg.AgentSelector, "agent-selector", "", "label selector of the agent pods")
 	fs.StringVar(&cfg.AgentEndpoints, "agent-endpoints", "", "static node=host:port,... list replacing agent discovery (tests)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":8080", "address of the Prometheus metrics endpoint (0 disables)")
+	fs.BoolVar(&cfg.MetricsSecure, "metrics-secure", false, "serve /metrics over HTTPS, only to clients the API server authenticates and authorizes for GET /metrics")
 	fs.StringVar(&cfg.HealthAddr, "health-addr", ":8081", "address of /healthz and /readyz")
 	fs.BoolVar(&cfg.LeaderElect, "leader-elect", false, "elect a leader to run the reconcilers (the webhook runs on every replica)")
 	fs.StringVar(&cfg.LeaderElectNS, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's own)")

@@ -80,3 +80,61 @@ func TestChartRefusesInsecureAgent(t *testing.T) {
 		})
 	}
 }
+
+// TestFailOpenBudgetCoversLookupAndHandshake (issue 14.7): the chart's check of the webhook's
+// time budget adds every stage the controller may spend before it answers: the pod lookup,
+// the push (the dial and mTLS handshake of a first push included) and the API server's own
+// share of the call, and it tells the controller the bound (--answer-within). Before, only
+// pushTimeout < timeoutSeconds was checked, and a duration the check could not parse
+// (1m, 1.5s) passed unchecked: the first four refused cases rendered.
+func TestFailOpenBudgetCoversLookupAndHandshake(t *testing.T) {
+	refused := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"push timeout that leaves no room for the lookup", []string{"--set", "controller.pushTimeout=1900ms"}, "= 2650ms exceeds webhook.timeoutSeconds (2s)"},
+		// The schema refuses them first; the template's own check covers --skip-schema-validation.
+		{"push timeout in minutes", []string{"--set", "controller.pushTimeout=1m"}, "'1m' does not match pattern '^[0-9]+(ms|s)$'"},
+		{"push timeout with a fraction", []string{"--set", "controller.pushTimeout=1.5s"}, "'1.5s' does not match pattern '^[0-9]+(ms|s)$'"},
+		{"push timeout in minutes, schema skipped", []string{"--skip-schema-validation", "--set", "controller.pushTimeout=1m"}, `controller.pushTimeout ("1m") must be a whole number of milliseconds or seconds`},
+		{"no share left for the API server", []string{"--set", "webhook.callOverhead=0ms"}, "webhook.callOverhead (0ms) must be at least 100ms"},
+		{"slow lookup", []string{"--set", "controller.lookupTimeout=1500ms"}, "= 2250ms exceeds webhook.timeoutSeconds (2s)"},
+		{"push timeout equal to the webhook timeout", []string{"--set", "controller.pushTimeout=1s", "--set", "webhook.timeoutSeconds=1"}, "exceeds webhook.timeoutSeconds (1s)"},
+	}
+	for _, tc := range refused {
+		t.Run("refused: "+tc.name, func(t *testing.T) {
+			out, err := render(t, tc.args...)
+			if err == nil {
+				t.Fatalf("chart rendered with %v", tc.args)
+			}
+			if !strings.Contains(out, tc.want) {
+				t.Fatalf("refused, but not by the budget check (want %q):\n%s", tc.want, out)
+			}
+		})
+	}
+
+	allowed := []struct {
+		name string
+		args []string
+		want []string // controller arguments
+	}{
+		{"defaults: 250ms + 250ms + 500ms of 2s", nil, []string{"--push-timeout=250ms", "--lookup-timeout=250ms", "--answer-within=1500ms"}},
+		{"exactly the webhook timeout", []string{"--set", "controller.pushTimeout=1250ms"}, []string{"--push-timeout=1250ms", "--answer-within=1500ms"}},
+		{"longer webhook timeout", []string{"--set", "webhook.timeoutSeconds=5", "--set", "controller.pushTimeout=2s", "--set", "webhook.callOverhead=1s"},
+			[]string{"--push-timeout=2s", "--answer-within=4000ms", "timeoutSeconds: 5"}},
+	}
+	for _, tc := range allowed {
+		t.Run("allowed: "+tc.name, func(t *testing.T) {
+			out, err := render(t, tc.args...)
+			if err != nil {
+				t.Fatalf("helm template: %v\n%s", err, out)
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(out, want) {
+					t.Errorf("rendered manifests lack %q", want)
+				}
+			}
+		})
+	}
+}

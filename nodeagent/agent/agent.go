@@ -75,6 +75,9 @@ type Agent struct {
 	// policyUIDs remembers the object uid of each policy key, to refuse a
 	// recreated policy (whose generation restarts at 1) silently losing.
 	policyUIDs map[enforcer.PolicyKey]string
+	// argv holds each policy's spec.argv (argv.go), as the backstop's watch of
+	// WorkloadPolicies last saw it; a policy it lacks reports command lines in full.
+	argv map[enforcer.PolicyKey]argvPolicy
 
 	subs subscribers
 	// learn dedupes and replays Learn events (learn.go); guarded by mu.
@@ -189,6 +192,7 @@ func New(opts Options) (*Agent, error) {
 		gone:       gone,
 		policyUIDs: map[enforcer.PolicyKey]string{},
 		loaderWake: make(chan struct{}, 1),
+		argv:       map[enforcer.PolicyKey]argvPolicy{},
 	}
 	a.subs.init()
 	a.loaders.init()

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
@@ -36,6 +38,9 @@ import (
 type Backstop struct {
 	Kube    kubernetes.Interface
 	Dynamic dynamic.Interface
+	// Config is what Kube and Dynamic were made from; the secure metrics endpoint
+	// reviews its clients' tokens with it.
+	Config *rest.Config
 	// Resync re-checks every local pod this often (default 10m).
 	Resync time.Duration
 }
@@ -99,7 +104,7 @@ func (a *Agent) runBackstop(ctx context.Context) error {
 		labelReported: map[string]string{},
 	}
 	defer b.queue.ShutDown()
-	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: bs.Kube.EventsV1()})
+	broadcaster := events.NewBroadcaster(NodeEventSink(bs.Kube, node))
 	if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
 		return fmt.Errorf("backstop: start event recorder: %w", err)
 	}
@@ -129,6 +134,32 @@ func (a *Agent) runBackstop(ctx context.Context) error {
 	return nil
 }
 
+// NodeEventSink writes the agent's events.k8s.io Events with reportingInstance
+// "execgate-agent-<node>" (the events library would put the pod's host name there): the
+// chart's admission policy agent-node-guard accepts an agent's Event only when it names the
+// node of the agent's service account token (issue 14.8), so every Event says which node
+// wrote it.
+func NodeEventSink(kube kubernetes.Interface, node string) events.EventSink {
+	return &nodeEventSink{EventSink: &events.EventSinkImpl{Interface: kube.EventsV1()}, instance: "execgate-agent-" + node}
+}
+
+type nodeEventSink struct {
+	events.EventSink
+	instance string
+}
+
+func (s *nodeEventSink) Create(ctx context.Context, ev *eventsv1.Event) (*eventsv1.Event, error) {
+	ev = ev.DeepCopy()
+	ev.ReportingInstance = s.instance
+	return s.EventSink.Create(ctx, ev)
+}
+
+func (s *nodeEventSink) Update(ctx context.Context, ev *eventsv1.Event) (*eventsv1.Event, error) {
+	ev = ev.DeepCopy()
+	ev.ReportingInstance = s.instance
+	return s.EventSink.Update(ctx, ev)
+}
+
 func (b *backstop) addHandlers() error {
 	enqueuePod := func(obj any) {
 		if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
@@ -151,12 +182,18 @@ func (b *backstop) addHandlers() error {
 	}
 	enqueuePolicy := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			b.a.setArgvPolicy(enforcer.PolicyKey(key), argvSpec(obj), true)
 			b.queue.Add(backstopItem{kind: itemPolicy, key: key})
 		}
 	}
 	if _, err := b.policies.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    enqueuePolicy,
 		UpdateFunc: func(_, obj any) { enqueuePolicy(obj) },
+		DeleteFunc: func(obj any) {
+			if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+				b.a.setArgvPolicy(enforcer.PolicyKey(key), nil, false)
+			}
+		},
 	}); err != nil {
 		return fmt.Errorf("backstop: watch workload policies: %w", err)
 	}
@@ -306,6 +343,20 @@ func (b *backstop) labelChanged(pod *corev1.Pod, bound enforcer.PolicyKey, label
 	if b.recorder != nil {
 		b.recorder.Eventf(pod, nil, corev1.EventTypeWarning, ReasonPolicyLabelChanged, "KeepBinding", "%s", note)
 	}
+}
+
+// argvSpec is the spec.argv of a WorkloadPolicy from the watch. An object that does not
+// decode reports no command line (Capture None): its masks are unknown.
+func argvSpec(obj any) *v1alpha1.ArgvCapture {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return &v1alpha1.ArgvCapture{Capture: v1alpha1.ArgvCaptureNone}
+	}
+	var wp v1alpha1.WorkloadPolicy
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &wp); err != nil {
+		return &v1alpha1.ArgvCapture{Capture: v1alpha1.ArgvCaptureNone}
+	}
+	return wp.Spec.Argv
 }
 
 // policyFromObject converts and validates a WorkloadPolicy from the watch.

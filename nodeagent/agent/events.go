@@ -134,6 +134,12 @@ func (a *Agent) execEvent(ev enforcer.Event) *agentv1.ExecEvent {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if p, ok := a.argv[ev.Policy]; ok {
+		out.Argv = p.apply(out.Argv)
+		if out.Argv == nil {
+			out.ArgvTruncated = false
+		}
+	}
 	o, ok := a.owners[ev.BoundCgroupID]
 	if !ok {
 		return out

@@ -12,7 +12,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/dynamic"
@@ -34,11 +33,14 @@ type Config struct {
 	TLSKeyFile  string
 	// TLSRequestDir, instead of TLSCertFile/TLSKeyFile: request a serving
 	// certificate naming this node from the controller (agentcert) and keep it here.
-	TLSRequestDir       string
-	ClientCAFile        string
-	ClientName          string
-	InsecureForTesting  bool
-	MetricsAddr         string
+	TLSRequestDir      string
+	ClientCAFile       string
+	ClientName         string
+	InsecureForTesting bool
+	MetricsAddr        string
+	// MetricsSecure serves /metrics over HTTPS to authenticated, authorized clients only
+	// (MetricsServerOptions.Secure); it needs the API server (--kubeconfig or in-cluster).
+	MetricsSecure       bool
 	HealthAddr          string
 	BPFFS               string
 	CgroupRoot          string // cgroup2 mount; "" = discover
@@ -150,8 +152,14 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 
-	metricsMux := http.NewServeMux()
-	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	var restCfg *rest.Config
+	if backstop != nil {
+		restCfg = backstop.Config
+	}
+	metrics, err := NewMetricsServer(MetricsServerOptions{Registry: reg, Secure: cfg.MetricsSecure, RESTConfig: restCfg, Logger: log})
+	if err != nil {
+		return fmt.Errorf("--metrics-secure: %w", err)
+	}
 	healthMux := http.NewServeMux()
 	healthMux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	healthMux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -192,7 +200,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if requester != nil {
 		g.Go(func() error { return requester.Run(ctx) })
 	}
-	g.Go(func() error { return serveHTTP(ctx, cfg.MetricsAddr, metricsMux) })
+	g.Go(func() error { return metrics.ListenAndServe(ctx, cfg.MetricsAddr) })
 	g.Go(func() error { return serveHTTP(ctx, cfg.HealthAddr, healthMux) })
 	return g.Wait()
 }
@@ -247,7 +255,7 @@ func backstopClients(kubeconfig string, log *zap.Logger) (*Backstop, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes dynamic client: %w", err)
 	}
-	return &Backstop{Kube: kube, Dynamic: dyn}, nil
+	return &Backstop{Kube: kube, Dynamic: dyn, Config: rc}, nil
 }
 
 // serveHTTP serves h on addr until ctx ends; an empty addr disables it.

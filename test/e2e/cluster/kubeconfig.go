@@ -13,6 +13,11 @@ import (
 type Identity struct {
 	User   string
 	Groups []string
+	// Extra, when set, is authentication info no client certificate carries (the node
+	// name of a pod-bound service account token, authentication.kubernetes.io/node-name):
+	// the client then authenticates as the cluster admin and impersonates User, Groups
+	// and Extra, so that authorization and admission see exactly this identity.
+	Extra map[string][]string
 }
 
 var (
@@ -23,14 +28,22 @@ var (
 // writeKubeconfig writes a self-contained kubeconfig (certificates embedded) for id to
 // path and returns it.
 func writeKubeconfig(path, serverURL string, ca *CertificateAuthority, id Identity) error {
-	pair, err := ca.IssueClientCert(id.User, id.Groups...)
+	cert := id
+	if len(id.Extra) > 0 {
+		cert = adminIdentity
+	}
+	pair, err := ca.IssueClientCert(cert.User, cert.Groups...)
 	if err != nil {
 		return err
 	}
 	const name = "execgate-e2e"
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters[name] = &clientcmdapi.Cluster{Server: serverURL, CertificateAuthorityData: ca.CertPEM}
-	cfg.AuthInfos[id.User] = &clientcmdapi.AuthInfo{ClientCertificateData: pair.CertPEM, ClientKeyData: pair.KeyPEM}
+	auth := &clientcmdapi.AuthInfo{ClientCertificateData: pair.CertPEM, ClientKeyData: pair.KeyPEM}
+	if len(id.Extra) > 0 {
+		auth.Impersonate, auth.ImpersonateGroups, auth.ImpersonateUserExtra = id.User, id.Groups, id.Extra
+	}
+	cfg.AuthInfos[id.User] = auth
 	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: id.User}
 	cfg.CurrentContext = name
 	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
@@ -53,11 +66,18 @@ func (c *Cluster) KubeconfigFor(id Identity, file string) (string, error) {
 
 // RESTConfigFor returns a *rest.Config that authenticates as id.
 func (c *Cluster) RESTConfigFor(id Identity) (*rest.Config, error) {
-	pair, err := c.CA.IssueClientCert(id.User, id.Groups...)
+	cert := id
+	if len(id.Extra) > 0 {
+		cert = adminIdentity
+	}
+	pair, err := c.CA.IssueClientCert(cert.User, cert.Groups...)
 	if err != nil {
 		return nil, err
 	}
 	cfg := rest.CopyConfig(c.RESTConfig)
+	if len(id.Extra) > 0 {
+		cfg.Impersonate = rest.ImpersonationConfig{UserName: id.User, Groups: id.Groups, Extra: id.Extra}
+	}
 	cfg.TLSClientConfig.CertData = pair.CertPEM
 	cfg.TLSClientConfig.KeyData = pair.KeyPEM
 	cfg.TLSClientConfig.CertFile, cfg.TLSClientConfig.KeyFile = "", ""

@@ -345,6 +345,18 @@ func (e *Env) kubeconfigFor(component string) (string, error) {
 		"execgate/"+component+".kubeconfig")
 }
 
+// agentKubeconfig is the agent's identity on node: its ServiceAccount with the node name
+// that the kubelet's pod-bound token carries in a cluster, which the chart's
+// agent-node admission policy checks its writes against.
+func (e *Env) agentKubeconfig(node string) (string, error) {
+	user, err := e.serviceAccountUser("agent")
+	if err != nil {
+		return "", err
+	}
+	return e.Cluster.KubeconfigFor(cluster.Identity{User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + Namespace, "system:authenticated"},
+		Extra: map[string][]string{"authentication.kubernetes.io/node-name": {node}}}, "execgate/agent-"+node+".kubeconfig")
+}
+
 func (e *Env) createNodes(ctx context.Context) error {
 	nodes, err := e.Cluster.CreateNodes(ctx, e.opts.Nodes)
 	if err != nil {
@@ -373,11 +385,11 @@ func (e *Env) createNodes(ctx context.Context) error {
 }
 
 func (e *Env) startAgents(ctx context.Context) error {
-	kubeconfig, err := e.kubeconfigFor("agent")
-	if err != nil {
-		return err
-	}
 	for _, n := range e.Nodes {
+		kubeconfig, err := e.agentKubeconfig(n.Name)
+		if err != nil {
+			return err
+		}
 		ports, err := freePorts(3)
 		if err != nil {
 			return err

@@ -112,17 +112,45 @@ install/upgrade/template/lint fails with the message.
 {{- fail (printf "agent.command/agent.extraArgs contain %q, which is refused: the agent never serves without mTLS in a cluster (--insecure-for-testing exists only for local tests of the binary); remove it" (toString $arg)) -}}
 {{- end -}}
 {{- end -}}
+{{- /* The webhook's time budget (issue 14.7): the API server waits webhook.timeoutSeconds,
+       then binds the pod without the push (fail open). Inside that: the API server's own
+       share of the call (webhook.callOverhead: its connection and TLS handshake to the
+       webhook, the review both ways), the pod lookup when the cache misses
+       (controller.lookupTimeout), and the push, which includes the dial and mTLS handshake
+       of a first push to a node (controller.pushTimeout). The controller is told to answer
+       within timeoutSeconds - callOverhead (--answer-within) whatever its stages take. */ -}}
 {{- $timeoutMs := mul (int .Values.webhook.timeoutSeconds) 1000 -}}
-{{- $push := toString .Values.controller.pushTimeout -}}
-{{- $pushMs := -1 -}}
-{{- if regexMatch "^[0-9]+ms$" $push -}}
-{{- $pushMs = trimSuffix "ms" $push | int -}}
-{{- else if regexMatch "^[0-9]+s$" $push -}}
-{{- $pushMs = mul (trimSuffix "s" $push | int) 1000 -}}
+{{- $pushMs := include "execgate.durationMs" (list "controller.pushTimeout" .Values.controller.pushTimeout) | atoi -}}
+{{- $lookupMs := include "execgate.durationMs" (list "controller.lookupTimeout" .Values.controller.lookupTimeout) | atoi -}}
+{{- $overheadMs := include "execgate.durationMs" (list "webhook.callOverhead" .Values.webhook.callOverhead) | atoi -}}
+{{- if lt $overheadMs 100 -}}
+{{- fail (printf "webhook.callOverhead (%s) must be at least 100ms: it is the API server's share of webhook.timeoutSeconds (its TLS handshake to the webhook, the review both ways), which the controller leaves unused" (toString .Values.webhook.callOverhead)) -}}
 {{- end -}}
-{{- if ge (int $pushMs) (int $timeoutMs) -}}
-{{- fail (printf "controller.pushTimeout (%s) must be shorter than webhook.timeoutSeconds (%ds): the webhook has to answer before the API server gives up on it" $push (int .Values.webhook.timeoutSeconds)) -}}
+{{- if or (lt $pushMs 1) (lt $lookupMs 1) -}}
+{{- fail "controller.pushTimeout and controller.lookupTimeout must be positive" -}}
 {{- end -}}
+{{- $sum := add $lookupMs $pushMs $overheadMs -}}
+{{- if gt (int $sum) (int $timeoutMs) -}}
+{{- fail (printf "controller.lookupTimeout (%s) + controller.pushTimeout (%s, which includes the dial and mTLS handshake of a first push to a node) + webhook.callOverhead (%s) = %dms exceeds webhook.timeoutSeconds (%ds): a binding whose pod lookup is slow would then run out of time for its push, and the API server would give up on the webhook and bind the pod without its policy (fail open); lower the timeouts or raise webhook.timeoutSeconds" (toString .Values.controller.lookupTimeout) (toString .Values.controller.pushTimeout) (toString .Values.webhook.callOverhead) (int $sum) (int .Values.webhook.timeoutSeconds)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Milliseconds in a duration value given as whole ms or s; (list "value.name" value). */}}
+{{- define "execgate.durationMs" -}}
+{{- $name := index . 0 -}}
+{{- $v := toString (index . 1) -}}
+{{- if regexMatch "^[0-9]+ms$" $v -}}
+{{- trimSuffix "ms" $v | int -}}
+{{- else if regexMatch "^[0-9]+s$" $v -}}
+{{- mul (trimSuffix "s" $v | int) 1000 -}}
+{{- else -}}
+{{- fail (printf "%s (%q) must be a whole number of milliseconds or seconds (250ms, 1s): the chart adds it into the webhook's time budget" $name $v) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* --answer-within of the controller: webhook.timeoutSeconds minus webhook.callOverhead, in ms. */}}
+{{- define "execgate.answerWithinMs" -}}
+{{- sub (mul (int .Values.webhook.timeoutSeconds) 1000) (include "execgate.durationMs" (list "webhook.callOverhead" .Values.webhook.callOverhead) | atoi) -}}
 {{- end -}}
 
 {{/*

@@ -133,6 +133,7 @@ $B mount -t tracefs tracefs /sys/kernel/tracing
 $B mount -t debugfs debugfs /sys/kernel/debug
 $B mount -t securityfs securityfs /sys/kernel/security
 $B mount -t tmpfs tmpfs /run
+$B ip link set lo up
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp
 `)
 	for _, k := range slices.Sorted(maps.Keys(env)) {

@@ -11,7 +11,7 @@ import (
 // for a named service account.
 func TestConfigAgentIdentityFlags(t *testing.T) {
 	base := func() Config {
-		return Config{PushTimeout: time.Second, WebhookPort: 9443, AgentCAFile: "/ca", AgentEndpoints: "n=127.0.0.1:1"}
+		return Config{PushTimeout: time.Second, LookupTimeout: 250 * time.Millisecond, WebhookPort: 9443, AgentCAFile: "/ca", AgentEndpoints: "n=127.0.0.1:1"}
 	}
 	tests := []struct {
 		name   string

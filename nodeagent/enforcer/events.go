@@ -144,7 +144,7 @@ func (e *Enforcer) startEvents() error {
 
 func (e *Enforcer) readEvents() {
 	defer close(e.readerDone)
-	defer close(e.events)
+	defer e.closeEvents()
 	var rec ringbuf.Record
 	for {
 		if err := e.reader.ReadInto(&rec); err != nil {
@@ -166,7 +166,20 @@ func (e *Enforcer) readEvents() {
 // deliver hands an event to Events without ever blocking the kernel's or
 // the gate's reader. Close stops the gate's readers before the ring
 // buffer's reader, which closes Events.
+// closeEvents closes the events channel once no delivery is in flight.
+func (e *Enforcer) closeEvents() {
+	e.eventsMu.Lock()
+	defer e.eventsMu.Unlock()
+	e.eventsClosed = true
+	close(e.events)
+}
+
 func (e *Enforcer) deliver(raw RawEvent) {
+	e.eventsMu.RLock()
+	defer e.eventsMu.RUnlock()
+	if e.eventsClosed {
+		return // the enforcer is closing: nobody reads any more
+	}
 	select {
 	case e.events <- e.enrich(raw):
 	default:

@@ -194,13 +194,17 @@ type Enforcer struct {
 	nExact   int
 	nPrefix  int
 
-	retired    *lru.Cache[uint32, slotMeta] // slots of replaced versions, for late events
-	reader     *ringbuf.Reader
-	events     chan Event
-	readerDone chan struct{}
-	bootOffset time.Duration
-	userDrops  uint64
-	closeOnce  sync.Once
+	retired *lru.Cache[uint32, slotMeta] // slots of replaced versions, for late events
+	reader  *ringbuf.Reader
+	events  chan Event
+	// eventsMu orders deliveries (ring buffer reader, gate readers) before
+	// the channel's close: a sender never sends on a closed channel.
+	eventsMu     sync.RWMutex
+	eventsClosed bool
+	readerDone   chan struct{}
+	bootOffset   time.Duration
+	userDrops    uint64
+	closeOnce    sync.Once
 }
 
 // New loads the program or adopts the one pinned in cfg.PinDir, attaches it

@@ -165,7 +165,11 @@ func TestBPFViolationsLoggedAndCounted(t *testing.T) {
 		out, err := ctrs[podpolicy.ModeProtect].run("/usr/bin/id", "-u")
 		assertDenied(t, e.AttachMode(), out, err)
 	}
-	t.Logf("%d denied execs in %v", denials, time.Since(start))
+	took := time.Since(start)
+	t.Logf("%d denied execs in %v", denials, took)
+	// One line and one summary per window the burst spans: one on a fast
+	// machine, several under emulation (the kernel matrix's VMs).
+	maxWindows := int(took/violationLogWindow) + 2
 	for range 3 {
 		if _, err := ctrs[podpolicy.ModeMonitor].run("/usr/bin/id", "-u"); err != nil {
 			t.Fatalf("monitored exec: %v", err)
@@ -209,8 +213,15 @@ func TestBPFViolationsLoggedAndCounted(t *testing.T) {
 			summaries = append(summaries, l)
 		}
 	}
-	if len(lines) != 2 {
-		t.Fatalf("%d violation lines, want 2 (one denied, one reported): %v", len(lines), lines)
+	perAction := func(entries []observer.LoggedEntry) map[string]int {
+		n := map[string]int{}
+		for _, l := range entries {
+			n[fmt.Sprint(l.ContextMap()["action"])]++
+		}
+		return n
+	}
+	if n := perAction(lines); n["denied"] < 1 || n["denied"] > maxWindows || n["reported"] != 1 || len(lines) != n["denied"]+n["reported"] {
+		t.Fatalf("violation lines %v, want 1..%d denied (one per window of the burst) and 1 reported: %v", n, maxWindows, lines)
 	}
 	for _, l := range lines {
 		f := l.ContextMap()
@@ -239,15 +250,21 @@ func TestBPFViolationsLoggedAndCounted(t *testing.T) {
 			}
 		}
 	}
-	want := map[string]uint64{"denied": denials - 1, "reported": 2}
-	if len(summaries) != 2 {
-		t.Fatalf("%d summaries, want 2: %v", len(summaries), summaries)
+	// Every exec is either a window's first line or counted in its summary.
+	if n := perAction(summaries); n["denied"] != perAction(lines)["denied"] || n["reported"] != 1 {
+		t.Fatalf("summaries %v, want one per line: %v", n, summaries)
+	}
+	total := map[string]uint64{}
+	for _, l := range lines {
+		total[fmt.Sprint(l.ContextMap()["action"])]++
 	}
 	for _, s := range summaries {
 		f := s.ContextMap()
-		if f["repeated"] != want[f["action"].(string)] {
-			t.Errorf("%s summary: repeated %v, want %d", f["action"], f["repeated"], want[f["action"].(string)])
-		}
+		r, _ := f["repeated"].(uint64)
+		total[fmt.Sprint(f["action"])] += r
+	}
+	if total["denied"] != denials || total["reported"] != 3 {
+		t.Errorf("lines + repeats: %v, want denied %d, reported 3", total, denials)
 	}
 }
 

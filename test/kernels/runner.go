@@ -97,7 +97,10 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		}
 		close(next)
 	}()
-	var wg sync.WaitGroup
+	var (
+		wg     sync.WaitGroup
+		saveMu sync.Mutex
+	)
 	for range max(cfg.Parallel, 1) {
 		wg.Add(1)
 		go func() {
@@ -117,6 +120,12 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 					state = "FAIL: " + r.Problem
 				}
 				cfg.Log("row %s (%s, %s) %s in %ds; log %s", r.Row, r.Arch, r.Kernel, state, r.Seconds, r.Log)
+				// Kept as each row ends: a run cut short still leaves its rows.
+				saveMu.Lock()
+				if err := SaveResults(filepath.Join(cfg.BuildDir, "results.json"), []Result{*r}); err != nil {
+					cfg.Log("save results of row %s: %v", r.Row, err)
+				}
+				saveMu.Unlock()
 			}
 		}()
 	}

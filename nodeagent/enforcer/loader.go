@@ -261,6 +261,11 @@ func New(cfg Config) (*Enforcer, error) {
 // AttachMode reports the attach mode in use.
 func (e *Enforcer) AttachMode() AttachMode { return e.attach }
 
+// CapturesArgv says whether events carry the command line: exec_kill reads
+// it from the new image's memory; the other modes read the exec syscall's
+// argument, which needs bpf_task_pt_regs (5.15+).
+func (e *Enforcer) CapturesArgv() bool { return e.argv || e.attach == AttachExecKill }
+
 // AttachRefusal says why the kernel refused an attach mode better than the
 // one in use.
 type AttachRefusal struct {

@@ -86,8 +86,6 @@ type Agent struct {
 	// (loaders.go); guarded by mu. loaderWake starts an inspection.
 	loaders    loaderState
 	loaderWake chan struct{}
-	// recorder holds a recorderBox once the backstop runs: Events on pods.
-	recorder atomic.Value
 	// learnFileCheck tells whether a Learn event's file is a loader; nil is
 	// learnIsLoader (reads the file). Unit tests of synthetic events replace it.
 	learnFileCheck func(p *podState, pid uint32, cgroupID uint64, path string) (loader, known bool)

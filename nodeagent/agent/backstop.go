@@ -110,7 +110,6 @@ func (a *Agent) runBackstop(ctx context.Context) error {
 	}
 	defer broadcaster.Shutdown()
 	b.recorder = broadcaster.NewRecorder(clientgoscheme.Scheme, "execgate-agent")
-	a.recorder.Store(recorderBox{rec: b.recorder})
 	a.events.Store(&eventSink{b.recorder})
 	defer a.events.Store(nil)
 	if err := b.addHandlers(); err != nil {

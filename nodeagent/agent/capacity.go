@@ -166,11 +166,16 @@ type eventSink struct{ events.EventRecorder }
 
 // recordPodEvent writes an Event on pod p if the backstop runs (it owns the broadcaster).
 func (a *Agent) recordPodEvent(p *podState, typ, reason, action, note string) {
+	a.eventOnPod(p.namespace, p.name, p.uid, typ, reason, action, note)
+}
+
+// eventOnPod writes an Event on the named pod if the backstop runs.
+func (a *Agent) eventOnPod(namespace, name, uid, typ, reason, action, note string) {
 	sink := a.events.Load()
-	if sink == nil || p.name == "" {
+	if sink == nil || name == "" {
 		return
 	}
-	ref := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.namespace, Name: p.name, UID: types.UID(p.uid)}}
+	ref := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, UID: types.UID(uid)}}
 	sink.Eventf(ref, nil, typ, reason, action, "%s", note)
 }
 

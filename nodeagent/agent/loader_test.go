@@ -120,7 +120,7 @@ func testLoaderAllowedByPolicyRefused(t *testing.T, mode enforcer.AttachMode) {
 	a := n.startAgent(t, e, func(o *Options) { o.Registry = reg; o.LoaderCheckInterval = 50 * time.Millisecond })
 	// The backstop's recorder, as runBackstop installs it (no API server here).
 	rec := events.NewFakeRecorder(16)
-	a.recorder.Store(recorderBox{rec: rec})
+	a.events.Store(&eventSink{rec})
 	uid, cid := podUID(70), containerID(70)
 	_, ctr := n.mkPod(t, uid, cgroups.QoSBurstable, cid)
 	// The container's main process: the agent reads the container's root through it.

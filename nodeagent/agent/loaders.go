@@ -44,9 +44,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/events"
 
 	"github.com/execgate/execgate/internal/execpath"
 	"github.com/execgate/execgate/nodeagent/cgroups"
@@ -381,12 +378,7 @@ func (a *Agent) refuseLoaderLocked(f loaderFinding) {
 
 // podEvent records an Event on a pod through the backstop's recorder, if it runs.
 func (a *Agent) podEvent(j *loaderJob, typ, reason, action, note string) {
-	r, _ := a.recorder.Load().(recorderBox)
-	if r.rec == nil || j.name == "" {
-		return
-	}
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: j.namespace, Name: j.name, UID: types.UID(j.uid)}}
-	r.rec.Eventf(pod, nil, typ, reason, action, "%s", note)
+	a.eventOnPod(j.namespace, j.name, j.uid, typ, reason, action, note)
 }
 
 // learnIsLoader checks the file of a Learn event: loader reports whether it is
@@ -443,5 +435,3 @@ func (a *Agent) learnReaders(p *podState, pid uint32, cgroupID uint64) []int {
 	return out
 }
 
-// recorderBox holds the backstop's event recorder in an atomic.Value.
-type recorderBox struct{ rec events.EventRecorder }

@@ -434,4 +434,3 @@ func (a *Agent) learnReaders(p *podState, pid uint32, cgroupID uint64) []int {
 	}
 	return out
 }
-

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -294,10 +295,18 @@ func TestGateCrashFailsSafe(t *testing.T) {
 // TestGateHangIsBounded stops the gate process (SIGSTOP) as if it hung: an exec
 // waiting for it is let through by the kernel once the agent's watchdog kills
 // the silent gate, exec_kill denies it, and the restarted gate answers again.
+//
+// It starts from GOMAXPROCS 1, as in a pod limited to one CPU: a fork waiting
+// on the hung gate holds its P in the kernel, and with no other P the
+// watchdog would never run (every exec on the machine then waits forever).
 func TestGateHangIsBounded(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	cg, gate, ok := gateProtected(t)
 	if !ok {
 		return
+	}
+	if n := runtime.GOMAXPROCS(0); n < minProcsWithGate {
+		t.Fatalf("GOMAXPROCS %d with a gate running: a fork waiting on a hung gate would stall the watchdog", n)
 	}
 	if err := gate.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)

@@ -26,6 +26,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -75,6 +76,25 @@ const (
 	gateHungAfter = 5 * time.Second
 )
 
+// minProcsWithGate is the fewest Go Ps this process keeps while a gate runs.
+// Go forks with vfork: the forking thread keeps its P inside the kernel until
+// the child has exec'd, and an exec waits for every fanotify gate on the node.
+// With one P (a pod limited to one CPU gets GOMAXPROCS 1) a single fork
+// waiting on a hung gate would stall every goroutine, the watchdog that kills
+// the hung gate included: forever. This process forks only to start a gate,
+// one at a time, so a second P keeps the watchdog running.
+const minProcsWithGate = 2
+
+// ensureProcsForGate raises GOMAXPROCS to minProcsWithGate if it is lower.
+func ensureProcsForGate() (before int, raised bool) {
+	before = runtime.GOMAXPROCS(0)
+	if before >= minProcsWithGate {
+		return before, false
+	}
+	runtime.GOMAXPROCS(minProcsWithGate)
+	return before, true
+}
+
 // gateSupervisor runs the gate process and restarts it until stop.
 type gateSupervisor struct {
 	e        *Enforcer
@@ -100,6 +120,10 @@ func (e *Enforcer) startGate() error {
 	}
 	if g.prog == nil || g.question == nil {
 		return errors.New("fanotify gate: program or question map not loaded")
+	}
+	if before, raised := ensureProcsForGate(); raised {
+		e.log.Info("GOMAXPROCS raised so that a fork waiting on a hung gate cannot stall the gate's watchdog",
+			zap.Int("from", before), zap.Int("to", minProcsWithGate))
 	}
 	ready := make(chan error, 1)
 	if err := g.start(ready); err != nil {

@@ -35,6 +35,7 @@ func main() {
 	flag.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup2 mount point (empty = discover)")
 	flag.StringVar(&cfg.CgroupDriver, "cgroup-driver", "systemd", "kubelet cgroup driver: systemd or cgroupfs")
 	flag.StringVar(&cfg.KubeletCgroupParent, "kubelet-cgroup-parent", "", "directory under the cgroup root holding the kubelet's kubepods tree")
+	flag.StringVar(&cfg.StartupTaint, "startup-taint", agent.StartupTaintKey, "taint removed from this node once the agent enforces every pod bound to it (set it at registration: kubelet --register-with-taints=<key>=:NoSchedule); empty removes none")
 	flag.StringVar(&cfg.AttachMode, "attach-mode", "auto", "exec hook: auto, lsm, fmod_ret, fanotify or exec_kill")
 	flag.IntVar(&cfg.MaxPods, "max-pods", 256, "pods this node may enforce (sizes the kernel maps and the pending set)")
 	flag.IntVar(&cfg.MaxEntries, "max-entries", enforcer.DefaultMaxExactEntries, "exact allowlist entries across all policies")

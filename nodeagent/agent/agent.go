@@ -91,6 +91,9 @@ type Agent struct {
 	learnFileCheck func(p *podState, pid uint32, cgroupID uint64, path string) (loader, known bool)
 
 	ready     atomic.Bool
+	// backstopCaughtUp: the backstop has reconciled every pod and policy of its
+	// first list (EnforcingAll).
+	backstopCaughtUp atomic.Bool
 	runCalled atomic.Bool
 	// events is the backstop's Event recorder while it runs (capacity.go).
 	events atomic.Pointer[eventSink]
@@ -214,6 +217,14 @@ func kernelRelease() string {
 
 // Ready reports whether the initial adoption scan is done.
 func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// EnforcingAll reports whether every pod the API server has bound to this node
+// has had its policy applied once: the agent is Ready and, where it watches the
+// API server, the backstop has reconciled its whole first list. A node may take
+// new pods from then on (StartupTaintRemover).
+func (a *Agent) EnforcingAll() bool {
+	return a.Ready() && (a.opts.Backstop == nil || a.backstopCaughtUp.Load())
+}
 
 // ApplyPodPolicy implements server.Backend.
 func (a *Agent) ApplyPodPolicy(ctx context.Context, pp *podpolicy.PodPolicy) (applied bool, loaded uint64, err error) {

@@ -75,6 +75,9 @@ type backstop struct {
 	// (resyncs and unrelated updates are not). Owned by the goroutine that
 	// runs processNext; an entry goes with its pod.
 	labelReported map[string]string
+	// pending holds the keys of the first list's pods not reconciled yet; nil
+	// once the backstop has caught up. Owned like labelReported.
+	pending map[string]bool
 }
 
 // ReasonPolicyLabelChanged is the reason of the Warning Event the agent
@@ -128,9 +131,37 @@ func (a *Agent) runBackstop(ctx context.Context) error {
 	b.log.Info("backstop watching pods and workload policies", zap.Int("local_pods", len(b.pods.GetStore().ListKeys())))
 	stop := context.AfterFunc(ctx, b.queue.ShutDown)
 	defer stop()
+	b.pending = b.firstList()
+	b.reconciled(backstopItem{}) // a node with no pods has caught up already
 	for b.processNext(ctx) {
 	}
 	return nil
+}
+
+// firstList returns the keys of the pods of the synced informers' first list:
+// the backstop has caught up once each has been reconciled without error.
+func (b *backstop) firstList() map[string]bool {
+	keys := map[string]bool{}
+	for _, k := range b.pods.GetStore().ListKeys() {
+		keys[k] = true
+	}
+	return keys
+}
+
+// reconciled records that a pod item reconciled without error and marks the
+// agent caught up once none of the first list is left.
+func (b *backstop) reconciled(item backstopItem) {
+	if b.pending == nil {
+		return
+	}
+	if item.kind == itemPod {
+		delete(b.pending, item.key)
+	}
+	if len(b.pending) == 0 {
+		b.pending = nil
+		b.a.backstopCaughtUp.Store(true)
+		b.log.Info("backstop caught up: every pod bound to this node has had its policy applied once")
+	}
 }
 
 // NodeEventSink writes the agent's events.k8s.io Events with reportingInstance
@@ -208,6 +239,7 @@ func (b *backstop) processNext(ctx context.Context) bool {
 	err := b.reconcile(ctx, item)
 	if err == nil {
 		b.queue.Forget(item)
+		b.reconciled(item)
 		return true
 	}
 	if ctx.Err() != nil {

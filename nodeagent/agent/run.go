@@ -55,6 +55,9 @@ type Config struct {
 	Kubeconfig            string
 	GCInterval            time.Duration
 	NodeStatusInterval    time.Duration // counters in the ExecgateNode status: at most this often; 0 = 30s
+	// StartupTaint is removed from this Node once the agent enforces every pod bound to
+	// it (StartupTaintRemover); "" removes none.
+	StartupTaint string
 }
 
 func (c *Config) validate() error {
@@ -199,6 +202,11 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	})
 	if requester != nil {
 		g.Go(func() error { return requester.Run(ctx) })
+	}
+	if backstop != nil && cfg.StartupTaint != "" {
+		r := &StartupTaintRemover{Kube: backstop.Kube, NodeName: cfg.NodeName, Key: cfg.StartupTaint,
+			Ready: a.EnforcingAll, Log: log.Named("startup-taint")}
+		g.Go(func() error { return r.Run(ctx) })
 	}
 	g.Go(func() error { return metrics.ListenAndServe(ctx, cfg.MetricsAddr) })
 	g.Go(func() error { return serveHTTP(ctx, cfg.HealthAddr, healthMux) })

@@ -90,11 +90,11 @@ type Agent struct {
 	// learnIsLoader (reads the file). Unit tests of synthetic events replace it.
 	learnFileCheck func(p *podState, pid uint32, cgroupID uint64, path string) (loader, known bool)
 
-	ready     atomic.Bool
+	ready atomic.Bool
 	// backstopCaughtUp: the backstop has reconciled every pod and policy of its
 	// first list (EnforcingAll).
 	backstopCaughtUp atomic.Bool
-	runCalled atomic.Bool
+	runCalled        atomic.Bool
 	// events is the backstop's Event recorder while it runs (capacity.go).
 	events atomic.Pointer[eventSink]
 }

@@ -230,13 +230,27 @@ func (a *Apt) Unpack(p Package) (string, error) {
 	if _, err := os.Stat(dir); err == nil {
 		return dir, nil
 	}
-	tmp := dir + ".tmp"
-	os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
+	// Rows sharing a package (5.10 and 5.10-lsm) may unpack it at once: each
+	// into its own directory; the first rename wins and the others use it.
+	if err := os.MkdirAll(a.RootDir, 0o755); err != nil {
 		return "", err
 	}
+	tmp, err := os.MkdirTemp(a.RootDir, filepath.Base(dir)+".tmp-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
 	if out, err := exec.Command("dpkg-deb", "-x", filepath.Join(a.DebDir, p.DebName()), tmp).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("unpack %s: %w: %s", p.DebName(), err, out)
 	}
-	return dir, os.Rename(tmp, dir)
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		if _, statErr := os.Stat(dir); statErr == nil {
+			return dir, nil // unpacked by another row meanwhile
+		}
+		return "", err
+	}
+	return dir, nil
 }

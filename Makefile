@@ -4,10 +4,13 @@ GO ?= go
 BIN := $(CURDIR)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build generate test verify-generated demo bench tools
+.PHONY: all build generate test verify-generated demo bench tools help
 all: build
 
-build:
+help: ## this list: every target with one line
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort -u | awk -F':.*## ' '{ printf "%-18s %s\n", $$1, $$2 }'
+
+build: ## build every Go package
 	$(GO) build ./...
 
 include mk/*.mk

@@ -14,10 +14,10 @@ BENCH_GO_PKGS := ./webhook ./nodeagent/enforcer
 
 .PHONY: bench bench-go generate-bench-bpf
 # Items 4-6 run through the real control plane, hence `tools`.
-bench: deps tools
+bench: deps tools ## node and control-plane benchmarks; prints the tables in benchmarks/
 	$(GO) run ./benchmarks/cmd/execgate-bench -out $(BENCH_OUT) $(BENCH_FLAGS)
 
-bench-go: deps
+bench-go: deps ## Go benchmarks only
 	$(GO) test -run '^$$' -bench . -count $(BENCH_GO_COUNT) $(BENCH_GO_PKGS)
 
 # The peer baseline's BPF object is bpf2go output, committed like bpf/'s (and checked

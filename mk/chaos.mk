@@ -7,7 +7,7 @@
 CHAOS_LOG ?= $(CURDIR)/chaos-report.txt
 
 .PHONY: chaos
-chaos: deps tools
+chaos: deps tools ## fault-injection runs against the local control plane
 	@set -uo pipefail; : > $(CHAOS_LOG); status=0; \
 	run() { $(GO) test -count=1 -timeout 40m -v "$$@" 2>&1 | grep -E '^\s*--- (PASS|FAIL)|fault:|^(ok|FAIL)\s' >> $(CHAOS_LOG) || true; }; \
 	run -run 'TestFaults|TestFailOpen|TestControllerLeaderElection' ./test/e2e/; \

@@ -1,5 +1,5 @@
 .PHONY: demo
 # The demo needs root (BPF, cgroups), the kernel tools of `make deps` and the
 # control-plane binaries of `make tools` (built once, then reused).
-demo: deps tools
+demo: deps tools ## local control plane + controller + agent + real enforcement
 	$(GO) run ./cmd/execgate-demo

@@ -17,7 +17,7 @@ FUZZ_MATCH ?= .
 FUZZ_LOG_DIR ?=
 
 .PHONY: fuzz
-fuzz:
+fuzz: ## every fuzz target for FUZZTIME (default longer than CI)
 	@set -uo pipefail; \
 	logs="$(FUZZ_LOG_DIR)"; [ -n "$$logs" ] || logs=$$(mktemp -d -t execgate-fuzz.XXXXXX); mkdir -p "$$logs"; \
 	targets=$$(grep -rlE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(f \*testing\.F\)' . | grep -v '^\./test/tools/' | sort | \

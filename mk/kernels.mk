@@ -13,11 +13,11 @@ KERNELS_RUN := $(GO) run ./test/kernels/cmd/execgate-kernels -build $(KERNELS_BU
 .PHONY: kernels kernels-ci
 # The whole suite on every row; records test/kernels/results.json and
 # regenerates the README's kernel table from it.
-kernels: deps
+kernels: deps ## whole suite on every kernel of test/kernels/matrix (qemu); updates README table
 	$(KERNELS_RUN) -results test/kernels/results.json -readme README.md
 
 # What `make test` runs: each row's CI subset (the matrix's last column).
-kernels-ci: deps
+kernels-ci: deps ## each matrix row's CI subset (what make test runs)
 	$(KERNELS_RUN) -ci
 
 # The node benchmarks inside the 6.12 row's VM, the one place the lsm and
@@ -27,6 +27,6 @@ kernels-ci: deps
 BENCH_VM_ROW ?= 6.12
 BENCH_VM_ARGS ?= -samples 1600 -kernel-samples 800
 .PHONY: bench-vm
-bench-vm: deps
+bench-vm: deps ## node benchmarks inside the 6.12 VM (lsm, fmod_ret timings)
 	$(GO) run ./test/kernels/cmd/execgate-kernels -build $(KERNELS_BUILD) -rows $(BENCH_VM_ROW) -timeout 90m \
 		-bench-out benchmarks/results/vm-$(BENCH_VM_ROW) -bench-args "$(BENCH_VM_ARGS)"

@@ -7,7 +7,7 @@ PROTO_FILES := $(shell find $(PROTO_DIR) -name '*.proto' 2>/dev/null)
 .PHONY: generate-proto
 generate: generate-proto
 
-generate-proto:
+generate-proto: ## regenerate the gRPC/protobuf code
 	@command -v $(PROTOC) >/dev/null || { echo "protoc not found: install protobuf-compiler" >&2; exit 1; }
 	$(PROTOC) -I $(PROTO_DIR) \
 		--plugin=protoc-gen-go=$$($(GO) tool -n protoc-gen-go) \

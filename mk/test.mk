@@ -9,11 +9,11 @@ GOTEST_FLAGS ?= -count=1 -timeout 25m
 generate: generate-bpf generate-api
 
 # bpf2go output (*_bpfel.go + .o) is committed; Debian's clang builds it.
-generate-bpf:
+generate-bpf: ## rebuild the bpf2go objects with clang
 	cd bpf && $(GO) generate .
 
 # System packages a fresh Debian machine lacks. Only installs what is missing.
-deps:
+deps: ## install missing system packages (apt)
 	@missing=""; \
 	for p in clang:clang llvm-strip:llvm bpftool:bpftool protoc:protobuf-compiler ip:iproute2 \
 		qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm cpio:cpio dpkg-deb:dpkg; do \
@@ -26,7 +26,7 @@ deps:
 	fi
 
 # Regenerates everything and fails if the committed files differ.
-verify-generated: deps
+verify-generated: deps ## regenerate everything; fail on any diff
 	$(MAKE) generate
 	@git diff --exit-code --stat -- bpf api proto deploy/helm/execgate/crds benchmarks/peer || \
 		{ echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
@@ -35,7 +35,7 @@ verify-generated: deps
 CI_FUZZTIME ?= 5s
 
 # Each stage prints how long it took (CI reads them in its log).
-test:
+test: ## every test, as CI runs it (.ci/run)
 	@set -e; t0=$$(date +%s); \
 	stage() { s=$$(date +%s); echo "== stage $$1"; shift; "$$@"; echo "== stage took $$(( $$(date +%s) - s ))s (total $$(( $$(date +%s) - t0 ))s)"; }; \
 	stage "deps: system packages" $(MAKE) --no-print-directory deps; \

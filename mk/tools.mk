@@ -26,7 +26,7 @@ KUBE_TOOLS := $(BIN)/kube-apiserver $(BIN)/kube-scheduler
 TOOLS := $(KUBE_TOOLS) $(BIN)/etcd $(BIN)/helm $(BIN)/kubeconform
 
 .PHONY: tools clean-tools
-tools: $(TOOLS)
+tools: $(TOOLS) ## build the control-plane binaries into bin/ (pinned modules)
 
 # One grouped target and one `go build` for both: they share most packages, and two
 # concurrent builds (make -j) would each compile them.
@@ -47,5 +47,5 @@ $(BIN)/kubeconform: $(TOOLS_DIR)/kubeconform/go.mod $(TOOLS_DIR)/kubeconform/go.
 $(BIN):
 	mkdir -p $@
 
-clean-tools:
+clean-tools: ## remove bin/
 	rm -f $(TOOLS)

@@ -8,7 +8,7 @@
 // nodeagent/podpolicy values and handed to a Backend.
 //
 // It must not touch BPF, cgroups or Kubernetes: everything stateful happens
-// behind the Backend interface, implemented by the agent (package nodeagent).
+// behind the Backend interface, implemented by the agent (package nodeagent/agent).
 // Clients (the webhook) dial with nodeagent/agentclient and never import this
 // package.
 package server

@@ -21,6 +21,7 @@ type TestBinary struct {
 	Name string // enforcer, agent: also its file name under /tests
 	Path string // on the host
 	Run  string // -test.run; "" runs every test
+	Skip string // -test.skip; "" skips none
 }
 
 // BuildBase writes the part of the initramfs every row of arch shares: the
@@ -111,6 +112,9 @@ func InitScript(row Row, env map[string]string, bins []TestBinary) string {
 		run := ""
 		if b.Run != "" {
 			run = fmt.Sprintf(" '-test.run=%s'", b.Run)
+		}
+		if b.Skip != "" {
+			run += fmt.Sprintf(" '-test.skip=%s'", b.Skip)
 		}
 		fmt.Fprintf(&s, "echo VMSTART %[1]s\n/tests/%[1]s.test -test.v -test.count=1 -test.timeout=40m%[2]s\necho \"VMRESULT %[1]s exit=$?\"\n", b.Name, run)
 	}

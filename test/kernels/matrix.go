@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 )
@@ -33,6 +34,7 @@ type Row struct {
 	Modes     []string // attach modes that must load; every other one must be refused
 	AutoMode  string   // what the automatic choice must pick
 	CIRun     string   // -test.run for the enforcer suite in CI; "" = whole suite
+	CISkip    string   // -test.skip for both suites in CI (the column's skip:<regexp> form)
 	line      int
 }
 
@@ -122,7 +124,7 @@ func ParseMatrix(r io.Reader) (*Matrix, error) {
 
 func parseKernelRow(f []string, n int) (Row, error) {
 	if len(f) != 9 {
-		return Row{}, fmt.Errorf("kernel rows have 9 fields (kernel | row | arch | package=version | suite | boot flags | modes | auto mode | CI -test.run), got %d", len(f))
+		return Row{}, fmt.Errorf("kernel rows have 9 fields (kernel | row | arch | package=version | suite | boot flags | modes | auto mode | CI subset), got %d", len(f))
 	}
 	row := Row{Name: f[1], AutoMode: f[7], line: n}
 	if row.Name == "" || strings.ContainsAny(row.Name, " /") {
@@ -146,8 +148,19 @@ func parseKernelRow(f []string, n int) (Row, error) {
 	if !slices.Contains(row.Modes, row.AutoMode) {
 		return Row{}, fmt.Errorf("row %s: auto mode %q is not among the modes that must load (%v)", row.Name, row.AutoMode, row.Modes)
 	}
-	if f[8] != "all" {
-		row.CIRun = f[8]
+	// The column's separator is |, so a list of tests is written with commas.
+	switch ci := f[8]; {
+	case ci == "all":
+	case strings.HasPrefix(ci, "skip:"):
+		row.CISkip = strings.ReplaceAll(strings.TrimPrefix(ci, "skip:"), ",", "|")
+		if _, err := regexp.Compile(row.CISkip); err != nil || row.CISkip == "" {
+			return Row{}, fmt.Errorf("row %s: CI column %q: want skip:<test>,<test>,... (regexps)", row.Name, ci)
+		}
+	default:
+		row.CIRun = strings.ReplaceAll(ci, ",", "|")
+		if _, err := regexp.Compile(row.CIRun); err != nil {
+			return Row{}, fmt.Errorf("row %s: CI column %q is no -test.run regexp list: %v", row.Name, ci, err)
+		}
 	}
 	return row, nil
 }

@@ -37,6 +37,9 @@ func TestParseMatrixErrors(t *testing.T) {
 		{"short row", "kernel | r | amd64 | k=1\n" + user, "9 fields"},
 		{"twice", good + good + user, "named twice"},
 		{"unknown kind", "kernal | r\n", "kernel or userland"},
+		{"empty skip", "kernel | r | amd64 | k=1 | trixie | - | lsm | lsm | skip:\n" + user, "want skip:<test>"},
+		{"bad skip", "kernel | r | amd64 | k=1 | trixie | - | lsm | lsm | skip:Test(\n" + user, "want skip:<test>"},
+		{"bad run", "kernel | r | amd64 | k=1 | trixie | - | lsm | lsm | Test[\n" + user, "no -test.run regexp"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseMatrix(strings.NewReader(tc.in))
@@ -52,6 +55,17 @@ func TestParseMatrixErrors(t *testing.T) {
 	r := m.Rows[0]
 	if r.Kernel.Spec() != "linux-image:amd64=1.0" || r.CIRun != "" || r.AutoMode != "lsm" || len(m.Suites()) != 2 {
 		t.Fatalf("parsed %+v, suites %v", r, m.Suites())
+	}
+	m, err = ParseMatrix(strings.NewReader(strings.Replace(good, "| all", "| skip:TestSlow,TestBPFCycles", 1) + user))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := m.Rows[0]; r.CISkip != "TestSlow|TestBPFCycles" || r.CIRun != "" {
+		t.Fatalf("skip column parsed as run %q, skip %q", r.CIRun, r.CISkip)
+	}
+	script := InitScript(m.Rows[0], nil, []TestBinary{{Name: "enforcer", Skip: "TestSlow"}})
+	if !strings.Contains(script, "'-test.skip=TestSlow'") {
+		t.Fatalf("init script does not pass -test.skip:\n%s", script)
 	}
 }
 

@@ -182,6 +182,11 @@ func runRow(ctx context.Context, cfg Config, apt *Apt, row Row, base string, bin
 	if cfg.CI && row.CIRun != "" {
 		rowBins[0].Run = row.CIRun
 	}
+	if cfg.CI && row.CISkip != "" {
+		for i := range rowBins {
+			rowBins[i].Skip = row.CISkip
+		}
+	}
 	env := map[string]string{
 		"EXECGATE_REQUIRE_BPF":         "1",
 		"EXECGATE_REQUIRE_TRAMPOLINES": "1",

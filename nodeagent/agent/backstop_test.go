@@ -45,11 +45,7 @@ func TestBPFBackstop(t *testing.T) {
 	uid, cid := podUID(6), containerID(6)
 	pod, ctr := n.mkPod(t, uid, cgroups.QoSBurstable, cid)
 
-	kpod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-1", UID: types.UID(uid), Labels: map[string]string{v1alpha1.PolicyLabel: "web"}},
-		Spec:       corev1.PodSpec{NodeName: testNode, Containers: []corev1.Container{{Name: "app"}}},
-		Status:     corev1.PodStatus{QOSClass: corev1.PodQOSBurstable, Phase: corev1.PodRunning},
-	}
+	kpod := apiPod("web-1", uid, "web")
 	other := kpod.DeepCopy()
 	other.Name, other.UID, other.Spec.NodeName = "elsewhere", types.UID(podUID(7)), "node-b"
 	kube := kubefake.NewClientset(kpod, other)

@@ -15,7 +15,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/execgate/execgate/api/v1alpha1"
 	"github.com/execgate/execgate/bpf"
 	"github.com/execgate/execgate/internal/testenv"
 	"github.com/execgate/execgate/nodeagent/cgroups"
@@ -217,4 +221,14 @@ func bindingOf(e *enforcer.Enforcer, cg uint64) (enforcer.Binding, bool) {
 		}
 	}
 	return enforcer.Binding{}, false
+}
+
+// apiPod is the API server's view of a running Burstable pod on testNode with one
+// container "app", labelled with policy.
+func apiPod(name, uid, policy string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID(uid), Labels: map[string]string{v1alpha1.PolicyLabel: policy}},
+		Spec:       corev1.PodSpec{NodeName: testNode, Containers: []corev1.Container{{Name: "app"}}},
+		Status:     corev1.PodStatus{QOSClass: corev1.PodQOSBurstable, Phase: corev1.PodRunning},
+	}
 }

@@ -11,12 +11,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/execgate/execgate/api/v1alpha1"
 	"github.com/execgate/execgate/nodeagent/cgroups"
 )
 
@@ -92,11 +90,7 @@ func TestBPFStartupTaintRemovedOnceEnforcing(t *testing.T) {
 	e := n.newEnforcer(t)
 	uid, cid := podUID(9), containerID(9)
 	pod, ctr := n.mkPod(t, uid, cgroups.QoSBurstable, cid)
-	kpod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-9", UID: types.UID(uid), Labels: map[string]string{v1alpha1.PolicyLabel: "web"}},
-		Spec:       corev1.PodSpec{NodeName: testNode, Containers: []corev1.Container{{Name: "app"}}},
-		Status:     corev1.PodStatus{QOSClass: corev1.PodQOSBurstable, Phase: corev1.PodRunning},
-	}
+	kpod := apiPod("web-9", uid, "web")
 	startup := corev1.Taint{Key: StartupTaintKey, Effect: corev1.TaintEffectNoSchedule}
 	kube := kubefake.NewClientset(kpod, taintedNode(testNode, startup, otherTaint))
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),

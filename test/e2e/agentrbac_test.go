@@ -54,13 +54,7 @@ func TestAgentRBACScopedToNode(t *testing.T) {
 	if err := c.CreateNamespace(ctx, tenant); err != nil {
 		t.Fatal(err)
 	}
-	saName := applyAgentIdentity(ctx, t, c)
-
-	nodes, err := c.CreateNodes(ctx, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeA, nodeB := nodes[0].Name, nodes[1].Name
+	saName, nodeA, nodeB := agentIdentityOnTwoNodes(ctx, t, c)
 	agentA := agentClientsFor(ctx, t, c, saName, agentPod(ctx, t, c, saName, nodeA))
 	agentB := agentClientsFor(ctx, t, c, saName, agentPod(ctx, t, c, saName, nodeB))
 	unbound := agentClientsFor(ctx, t, c, saName, nil)
@@ -276,6 +270,19 @@ func applyAgentIdentity(ctx context.Context, t *testing.T, c *cluster.Cluster) s
 		t.Fatal(err)
 	}
 	return sa
+}
+
+// agentIdentityOnTwoNodes applies the agent's identity as the chart renders it
+// (applyAgentIdentity) and creates two nodes; it returns the ServiceAccount's name and
+// the nodes' names.
+func agentIdentityOnTwoNodes(ctx context.Context, t *testing.T, c *cluster.Cluster) (sa, nodeA, nodeB string) {
+	t.Helper()
+	sa = applyAgentIdentity(ctx, t, c)
+	nodes, err := c.CreateNodes(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sa, nodes[0].Name, nodes[1].Name
 }
 
 // agentPod creates an agent pod bound to node (nothing runs it here: it is what the

@@ -27,12 +27,7 @@ func TestAgentStartupTaintGuard(t *testing.T) {
 	if err := c.CreateNamespace(ctx, framework.Namespace); err != nil {
 		t.Fatal(err)
 	}
-	saName := applyAgentIdentity(ctx, t, c)
-	nodes, err := c.CreateNodes(ctx, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeA, nodeB := nodes[0].Name, nodes[1].Name
+	saName, nodeA, nodeB := agentIdentityOnTwoNodes(ctx, t, c)
 	startup := corev1.Taint{Key: agent.StartupTaintKey, Effect: corev1.TaintEffectNoSchedule}
 	other := corev1.Taint{Key: "example.com/maintenance", Effect: corev1.TaintEffectNoSchedule}
 	for _, n := range []string{nodeA, nodeB} {

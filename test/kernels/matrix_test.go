@@ -102,6 +102,15 @@ func TestConsoleVerdict(t *testing.T) {
 			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
 				t.Fatalf("verdict %q, want %q", got, tc.want)
 			}
+			// A -test.skip subset still runs every mode; a -test.run subset need not.
+			skipping := []TestBinary{{Name: "enforcer", Skip: "TestSlow"}, {Name: "agent", Skip: "TestSlow"}}
+			if again := verdict(t.Context(), &res, skipping, modes, done, panicked, nil); again != got {
+				t.Fatalf("with -test.skip: verdict %q, want %q", again, got)
+			}
+			running := []TestBinary{{Name: "enforcer", Run: "TestA"}, {Name: "agent"}}
+			if again := verdict(t.Context(), &res, running, modes, done, panicked, nil); tc.name == "mode never passed" && again != "" {
+				t.Fatalf("with -test.run: verdict %q, want a pass", again)
+			}
 			if log.String() != tc.console || res.Kernel != "6.12.117+deb13-amd64" || res.LSM != "lockdown,capability,bpf" {
 				t.Fatalf("console copy or header lost: %+v", res)
 			}

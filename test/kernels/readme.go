@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 )
 
 const (
@@ -15,8 +16,8 @@ const (
 // Table renders results as the README's kernel support table.
 func Table(results []Result) string {
 	var b strings.Builder
-	b.WriteString("| row | arch | kernel (uname -r) | LSM list has bpf | attach modes that passed | tests passed (enforcer / agent BPF) | result | date |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| row | arch | kernel (uname -r) | LSM list has bpf | attach modes that passed | tests passed (enforcer / agent BPF) | row time (qemu TCG) | result | date |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
 		var counts []string
 		for _, bin := range r.Binaries {
@@ -29,9 +30,9 @@ func Table(results []Result) string {
 		if r.CI {
 			state += " (CI subset)"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Row, r.Arch, r.Kernel,
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Row, r.Arch, r.Kernel,
 			yesNo(strings.Contains(","+r.LSM+",", ",bpf,")), strings.Join(r.ModesPassed, ", "),
-			strings.Join(counts, " / "), state, r.Date)
+			strings.Join(counts, " / "), (time.Duration(r.Seconds) * time.Second).String(), state, r.Date)
 	}
 	return b.String()
 }

@@ -29,6 +29,7 @@ func main() {
 	flag.DurationVar(&cfg.Timeout, "timeout", 45*time.Minute, "per-row limit")
 	flag.StringVar(&results, "results", "", "also merge the results into this file (make kernels: test/kernels/results.json)")
 	flag.StringVar(&readme, "readme", "", "regenerate the kernel table in this README from -results")
+	readmeOnly := flag.Bool("readme-only", false, "run no row: only regenerate -readme's table from -results")
 	var bench kernels.Bench
 	var benchArgs string
 	flag.StringVar(&bench.Out, "bench-out", "", "instead of the tests, run execgate-bench in the one row of -rows and write its results here")
@@ -45,7 +46,16 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	var err error
-	if bench.Out != "" {
+	if *readmeOnly {
+		if results == "" || readme == "" {
+			fmt.Fprintln(os.Stderr, "kernels: -readme-only needs -results and -readme")
+			os.Exit(2)
+		}
+		var all []kernels.Result
+		if all, err = kernels.LoadResults(results); err == nil {
+			err = kernels.UpdateReadme(readme, all)
+		}
+	} else if bench.Out != "" {
 		err = kernels.RunBench(ctx, cfg, bench)
 	} else {
 		err = run(ctx, cfg, results, readme)

@@ -162,12 +162,10 @@ func TestThreeNodes(t *testing.T) {
 	})
 
 	t.Run("a policy update reaches the nodes running its pods and no others", func(t *testing.T) {
-		var wp v1alpha1.WorkloadPolicy
-		if err := env.Client.Get(ctx, keyOf(ns, "frontend"), &wp); err != nil {
-			t.Fatal(err)
-		}
-		wp.Spec.RulesByContainer["app"] = v1alpha1.ContainerRules{Executables: []string{sleep, trueBin, cat}}
-		if err := env.Client.Update(ctx, &wp); err != nil {
+		wp, err := env.UpdatePolicy(ctx, keyOf(ns, "frontend"), func(wp *v1alpha1.WorkloadPolicy) {
+			wp.Spec.RulesByContainer["app"] = v1alpha1.ContainerRules{Executables: []string{sleep, trueBin, cat}}
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 		gen := uint64(wp.Generation)

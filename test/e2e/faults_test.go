@@ -19,7 +19,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/execgate/execgate/api/v1alpha1"
@@ -277,13 +276,8 @@ func TestFaults(t *testing.T) {
 		}
 		// Leave the policy as the other subtests expect it: cat denied. The controller
 		// writes the status meanwhile, so the update retries on conflict.
-		var wp v1alpha1.WorkloadPolicy
-		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			if err := env.Client.Get(context.Background(), keyOf(ns, "guarded"), &wp); err != nil {
-				return err
-			}
+		wp, err := env.UpdatePolicy(context.Background(), keyOf(ns, "guarded"), func(wp *v1alpha1.WorkloadPolicy) {
 			wp.Spec.RulesByContainer["app"] = v1alpha1.ContainerRules{Executables: []string{sleep, trueBin}}
-			return env.Client.Update(context.Background(), &wp)
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/execgate/execgate/api/v1alpha1"
 	"github.com/execgate/execgate/test/e2e/framework"
@@ -62,13 +61,8 @@ func TestControllerLeaderElection(t *testing.T) {
 	}
 	update := func(add string) int64 {
 		t.Helper()
-		var wp v1alpha1.WorkloadPolicy
-		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			if err := env.Client.Get(ctx, keyOf(ns, "elected"), &wp); err != nil {
-				return err
-			}
+		wp, err := env.UpdatePolicy(ctx, keyOf(ns, "elected"), func(wp *v1alpha1.WorkloadPolicy) {
 			wp.Spec.RulesByContainer["app"] = v1alpha1.ContainerRules{Executables: append(wp.Spec.RulesByContainer["app"].Executables, bin(t, add))}
-			return env.Client.Update(ctx, &wp)
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -135,11 +135,10 @@ func Run(ctx context.Context, w io.Writer) (err error) {
 	}
 	say("    violation event: %s", describe(ev))
 
-	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(wp), wp); err != nil {
-		return err
-	}
-	wp.Spec.Mode = v1alpha1.ModeMonitor
-	if err := env.Client.Update(ctx, wp); err != nil {
+	wp, err = env.UpdatePolicy(ctx, client.ObjectKeyFromObject(wp), func(wp *v1alpha1.WorkloadPolicy) {
+		wp.Spec.Mode = v1alpha1.ModeMonitor
+	})
+	if err != nil {
 		return fmt.Errorf("switch policy to Monitor: %w", err)
 	}
 	took, err := waitVersion(ctx, n, uint64(wp.Generation))

@@ -35,6 +35,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -830,4 +831,22 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// UpdatePolicy reads the WorkloadPolicy key, applies change to it and writes it back,
+// retrying on conflict: the controller writes the policy's status at any time, so a bare
+// Get then Update races it. It returns the policy as written (its new generation).
+func (e *Env) UpdatePolicy(ctx context.Context, key client.ObjectKey, change func(*v1alpha1.WorkloadPolicy)) (*v1alpha1.WorkloadPolicy, error) {
+	var wp v1alpha1.WorkloadPolicy
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := e.Client.Get(ctx, key, &wp); err != nil {
+			return err
+		}
+		change(&wp)
+		return e.Client.Update(ctx, &wp)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("update WorkloadPolicy %s: %w", key, err)
+	}
+	return &wp, nil
 }

@@ -23,6 +23,7 @@ import (
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/execgate/execgate/api/v1alpha1"
+	"github.com/execgate/execgate/internal/version"
 	"github.com/execgate/execgate/nodeagent/agentclient"
 	"github.com/execgate/execgate/webhook/agentsigner"
 )
@@ -267,7 +268,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
 		return fmt.Errorf("ready check: %w", err)
 	}
-	log.Info("starting controller manager", zap.Duration("pushTimeout", cfg.PushTimeout), zap.Duration("lookupTimeout", cfg.LookupTimeout), zap.Duration("answerWithin", cfg.AnswerWithin), zap.Bool("staticAgents", static != nil), zap.Bool("leaderElect", cfg.LeaderElect))
+	log.Info("starting controller manager", zap.String("version", version.Version), zap.String("revision", version.Revision()), zap.Duration("pushTimeout", cfg.PushTimeout), zap.Duration("lookupTimeout", cfg.LookupTimeout), zap.Duration("answerWithin", cfg.AnswerWithin), zap.Bool("staticAgents", static != nil), zap.Bool("leaderElect", cfg.LeaderElect))
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}

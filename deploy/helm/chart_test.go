@@ -138,3 +138,46 @@ func TestFailOpenBudgetCoversLookupAndHandshake(t *testing.T) {
 		})
 	}
 }
+
+// TestChartImageReference: the default is the name `make images` builds (repository and the
+// chart's appVersion); a digest pins both workloads by digest; a malformed digest is refused.
+func TestChartImageReference(t *testing.T) {
+	images := func(out string) []string {
+		var refs []string
+		for _, line := range strings.Split(out, "\n") {
+			if s := strings.TrimSpace(line); strings.HasPrefix(s, "image: ") {
+				refs = append(refs, strings.Trim(strings.TrimPrefix(s, "image: "), `"`))
+			}
+		}
+		return refs
+	}
+	digest := "sha256:" + strings.Repeat("ab", 32)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"default", nil, "execgate.io/execgate:0.1.0"},
+		{"tag", []string{"--set", "image.tag=9.9.9"}, "execgate.io/execgate:9.9.9"},
+		{"digest", []string{"--set", "image.repository=registry.example/execgate", "--set", "image.digest=" + digest}, "registry.example/execgate@" + digest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := render(t, tc.args...)
+			if err != nil {
+				t.Fatalf("render: %v\n%s", err, out)
+			}
+			refs := images(out)
+			if len(refs) != 2 {
+				t.Fatalf("want the controller's and the agent's image, got %v", refs)
+			}
+			for _, r := range refs {
+				if r != tc.want {
+					t.Errorf("image %q, want %q", r, tc.want)
+				}
+			}
+		})
+	}
+	if out, err := render(t, "--set", "image.digest=sha256:short"); err == nil {
+		t.Fatalf("a malformed digest rendered:\n%s", out)
+	}
+}

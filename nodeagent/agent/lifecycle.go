@@ -12,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/execgate/execgate/internal/version"
 	"github.com/execgate/execgate/nodeagent/cgroups"
 	"github.com/execgate/execgate/nodeagent/enforcer"
 )
@@ -39,7 +40,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(func() error { return a.runBackstop(ctx) })
 	}
 	a.ready.Store(true)
-	a.log.Info("agent running", zap.String("attach", string(a.enf.AttachMode())), zap.String("cgroup_root", a.layout.Root()))
+	a.log.Info("agent running", zap.String("version", version.Version), zap.String("revision", version.Revision()), zap.String("attach", string(a.enf.AttachMode())), zap.String("cgroup_root", a.layout.Root()))
 	err := g.Wait()
 	a.ready.Store(false)
 	return err

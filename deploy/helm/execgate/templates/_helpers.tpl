@@ -53,8 +53,13 @@ the kubelet of any node may read the Secrets its pods mount.
 execgate-controller
 {{- end -}}
 
+{{/* The image by digest when one is given (what `make images` prints), else by tag. */}}
 {{- define "execgate.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Labels. */}}

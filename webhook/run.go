@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-logr/logr"
+	"github.com/go-logr/zapr"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -142,7 +142,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	ctrl.SetLogger(logr.New(&zapSink{log: log.Named("runtime")}))
+	ctrl.SetLogger(zapr.NewLogger(log.Named("runtime")))
 	restCfg, err := restConfig(cfg.Kubeconfig)
 	if err != nil {
 		return err

@@ -12,7 +12,7 @@ BENCH_FLAGS ?=
 BENCH_GO_COUNT ?= 6
 BENCH_GO_PKGS := ./webhook ./nodeagent/enforcer
 
-.PHONY: bench bench-go generate-bench-bpf
+.PHONY: bench bench-go
 # Items 4-6 run through the real control plane, hence `tools`.
 bench: deps tools ## node and control-plane benchmarks; prints the tables in benchmarks/
 	$(GO) run ./benchmarks/cmd/execgate-bench -out $(BENCH_OUT) $(BENCH_FLAGS)
@@ -20,9 +20,4 @@ bench: deps tools ## node and control-plane benchmarks; prints the tables in ben
 bench-go: deps ## Go benchmarks only
 	$(GO) test -run '^$$' -bench . -count $(BENCH_GO_COUNT) $(BENCH_GO_PKGS)
 
-# The peer baseline's BPF object is bpf2go output, committed like bpf/'s (and checked
-# by verify-generated).
-generate: generate-bench-bpf
-generate-bench-bpf:
-	cd benchmarks/peer && $(GO) generate .
 

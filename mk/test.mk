@@ -5,12 +5,7 @@
 # A package that needs longer is hung: the e2e package, the longest, takes ~13 min in CI.
 GOTEST_FLAGS ?= -count=1 -timeout 25m
 
-.PHONY: generate-bpf deps
-generate: generate-bpf generate-api
-
-# bpf2go output (*_bpfel.go + .o) is committed; Debian's clang builds it.
-generate-bpf: ## rebuild the bpf2go objects with clang
-	cd bpf && $(GO) generate .
+.PHONY: deps
 
 # System packages a fresh Debian machine lacks. Only installs what is missing.
 deps: ## install missing system packages (apt)
@@ -24,12 +19,6 @@ deps: ## install missing system packages (apt)
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-
-# Regenerates everything and fails if the committed files differ.
-verify-generated: deps ## regenerate everything; fail on any diff
-	$(MAKE) generate
-	@git diff --exit-code --stat -- bpf api proto deploy/helm/execgate/crds benchmarks/peer || \
-		{ echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
 
 # CI_FUZZTIME bounds each fuzz target's random search in `make test` (make fuzz for longer).
 CI_FUZZTIME ?= 5s

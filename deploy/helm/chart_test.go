@@ -10,7 +10,10 @@ import (
 	"strings"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
 	"github.com/execgate/execgate/internal/testenv"
+	"github.com/execgate/execgate/test/e2e/framework"
 )
 
 const (
@@ -27,6 +30,21 @@ func render(t *testing.T, args ...string) (string, error) {
 	abs, _ := filepath.Abs(helm)
 	out, err := exec.Command(abs, append([]string{"template", "execgate", chart, "--namespace", "execgate-system"}, args...)...).CombinedOutput()
 	return string(out), err
+}
+
+// renderObjects renders the chart with args and decodes every object, failing the test on
+// either error.
+func renderObjects(t *testing.T, args ...string) []*unstructured.Unstructured {
+	t.Helper()
+	out, err := render(t, args...)
+	if err != nil {
+		t.Fatalf("helm template %v: %v\n%s", args, err, out)
+	}
+	objs, err := framework.DecodeManifests([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
 }
 
 // TestChartRefusesInsecureAgent: no value can make the agent serve gRPC without mTLS.

@@ -10,8 +10,6 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-
-	"github.com/execgate/execgate/test/e2e/framework"
 )
 
 func decodeAs[T any](t *testing.T, objs []*unstructured.Unstructured, kind, name string) *T {
@@ -54,14 +52,7 @@ func TestChartNodeIdentity(t *testing.T) {
 		{"cert-manager", []string{"--set", "certManager.enabled=true"}},
 	} {
 		t.Run(vs.name, func(t *testing.T) {
-			out, err := render(t, vs.args...)
-			if err != nil {
-				t.Fatalf("helm template: %v\n%s", err, out)
-			}
-			objs, err := framework.DecodeManifests([]byte(out))
-			if err != nil {
-				t.Fatal(err)
-			}
+			objs := renderObjects(t, vs.args...)
 			ds := decodeAs[appsv1.DaemonSet](t, objs, "DaemonSet", "execgate-agent")
 			dep := decodeAs[appsv1.Deployment](t, objs, "Deployment", "execgate-controller")
 			np := decodeAs[networkingv1.NetworkPolicy](t, objs, "NetworkPolicy", "execgate-agent")

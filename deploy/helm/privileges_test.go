@@ -8,8 +8,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-
-	"github.com/execgate/execgate/test/e2e/framework"
 )
 
 // agentHostPaths are the host paths the agent mounts, and whether read-only. Each is listed
@@ -55,14 +53,7 @@ func TestAgentPrivilegesAreTheListedOnes(t *testing.T) {
 			name, args = "capabilities", []string{"--set", "agent.privileged=false"}
 		}
 		t.Run(name, func(t *testing.T) {
-			out, err := render(t, args...)
-			if err != nil {
-				t.Fatalf("render: %v\n%s", err, out)
-			}
-			objs, err := framework.DecodeManifests([]byte(out))
-			if err != nil {
-				t.Fatal(err)
-			}
+			objs := renderObjects(t, args...)
 			ds := decodeAs[appsv1.DaemonSet](t, objs, "DaemonSet", "execgate-agent")
 			if ds == nil {
 				t.Fatal("no agent DaemonSet")
@@ -123,14 +114,7 @@ func TestAgentPrivilegesAreTheListedOnes(t *testing.T) {
 	}
 
 	t.Run("controller", func(t *testing.T) {
-		out, err := render(t)
-		if err != nil {
-			t.Fatalf("render: %v\n%s", err, out)
-		}
-		objs, err := framework.DecodeManifests([]byte(out))
-		if err != nil {
-			t.Fatal(err)
-		}
+		objs := renderObjects(t)
 		d := decodeAs[appsv1.Deployment](t, objs, "Deployment", "execgate-controller")
 		if d == nil {
 			t.Fatal("no controller Deployment")

@@ -176,8 +176,8 @@ func ParsePlatforms(s string) ([]v1.Platform, error) {
 		if err != nil {
 			return nil, fmt.Errorf("platform %q: %w", f, err)
 		}
-		if _, ok := elfMachine[p.Architecture]; !ok || p.OS != "linux" || p.Variant != "" {
-			return nil, fmt.Errorf("platform %q: only linux/amd64 and linux/arm64 are built", f)
+		if err := supported(*p); err != nil {
+			return nil, err
 		}
 		out = append(out, *p)
 	}

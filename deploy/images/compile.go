@@ -22,8 +22,8 @@ const versionVar = "github.com/execgate/execgate/internal/version.Version"
 // CGO off, -trimpath (no build paths), no GOFLAGS from the caller's environment, the version
 // stamped with -X. The Go toolchain records the commit (vcs.revision) itself.
 func Compile(ctx context.Context, moduleDir, outDir string, p v1.Platform, version string) ([]File, error) {
-	if _, ok := elfMachine[p.Architecture]; !ok || p.OS != "linux" {
-		return nil, fmt.Errorf("platform %s: only linux/amd64 and linux/arm64 are built", p.String())
+	if err := supported(p); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return nil, err
@@ -31,7 +31,7 @@ func Compile(ctx context.Context, moduleDir, outDir string, p v1.Platform, versi
 	args := []string{"build", "-trimpath", "-ldflags", "-s -w -X " + versionVar + "=" + version, "-o", outDir + "/"}
 	cmd := exec.CommandContext(ctx, "go", append(args, Binaries...)...)
 	cmd.Dir = moduleDir
-	cmd.Env = append(withoutGoFlags(os.Environ()), "CGO_ENABLED=0", "GOOS="+p.OS, "GOARCH="+p.Architecture, "GOFLAGS=-mod=readonly")
+	cmd.Env = append(withoutBuildEnv(os.Environ()), "CGO_ENABLED=0", "GOOS="+p.OS, "GOARCH="+p.Architecture, "GOFLAGS=-mod=readonly")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
@@ -45,7 +45,8 @@ func Compile(ctx context.Context, moduleDir, outDir string, p v1.Platform, versi
 	return files, nil
 }
 
-func withoutGoFlags(env []string) []string {
+// withoutBuildEnv drops the caller's GOFLAGS, CGO_ENABLED, GOOS and GOARCH: Compile sets its own.
+func withoutBuildEnv(env []string) []string {
 	out := env[:0:0]
 	for _, kv := range env {
 		if !strings.HasPrefix(kv, "GOFLAGS=") && !strings.HasPrefix(kv, "CGO_ENABLED=") && !strings.HasPrefix(kv, "GOOS=") && !strings.HasPrefix(kv, "GOARCH=") {

@@ -132,6 +132,9 @@ func Index(m Meta, platforms []Platform) (v1.ImageIndex, error) {
 	seen := map[string]bool{}
 	for _, p := range platforms {
 		key := p.Platform.String()
+		if err := supported(p.Platform); err != nil {
+			return nil, err
+		}
 		if seen[key] {
 			return nil, fmt.Errorf("platform %s given twice", key)
 		}
@@ -264,14 +267,22 @@ var elfMachine = map[string]elf.Machine{
 	"arm64": elf.EM_AARCH64,
 }
 
+// supported refuses a platform the image is not built for.
+func supported(p v1.Platform) error {
+	if _, ok := elfMachine[p.Architecture]; !ok || p.OS != "linux" || p.Variant != "" {
+		return fmt.Errorf("platform %s: only linux/amd64 and linux/arm64 are built", p.String())
+	}
+	return nil
+}
+
 // checkBinary refuses a file that is not a static ELF executable for p: the image has no
 // dynamic loader or libc, and a binary of another architecture fails with "exec format error"
 // only once a node pulls it.
 func checkBinary(file string, p v1.Platform) error {
-	want, ok := elfMachine[p.Architecture]
-	if !ok || p.OS != "linux" {
-		return fmt.Errorf("platform %s: only linux/amd64 and linux/arm64 are built", p.String())
+	if err := supported(p); err != nil {
+		return err
 	}
+	want := elfMachine[p.Architecture]
 	f, err := elf.Open(file)
 	if err != nil {
 		return fmt.Errorf("binary %s: %w", file, err)

@@ -37,7 +37,7 @@ func staticBinary(t *testing.T, p v1.Platform) string {
 	out := filepath.Join(dir, "hi")
 	cmd := exec.Command("go", "build", "-trimpath", "-o", out, ".")
 	cmd.Dir = dir
-	cmd.Env = append(withoutGoFlags(os.Environ()), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+p.Architecture, "GOFLAGS=")
+	cmd.Env = append(withoutBuildEnv(os.Environ()), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+p.Architecture, "GOFLAGS=")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build test binary for %s: %v\n%s", p.String(), err, b)
 	}

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path"
 	"slices"
@@ -202,16 +203,12 @@ func image(m Meta, p Platform) (v1.Image, error) {
 // layerBytes writes the layer's tar: parent directories made explicit, entries sorted by
 // path, every time set to created, owner root, so that equal files give equal bytes.
 func layerBytes(files []File, created time.Time) ([]byte, error) {
-	type entry struct {
-		hdr  tar.Header
-		data []byte
-	}
-	entries := map[string]entry{}
+	entries := map[string]tarEntry{}
 	addDir := func(dir string, mode int64) {
 		for d := dir; d != "/" && d != "."; d = path.Dir(d) {
 			name := strings.TrimPrefix(d, "/") + "/"
 			if _, ok := entries[name]; !ok {
-				entries[name] = entry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode}}
+				entries[name] = tarEntry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode}}
 			}
 		}
 	}
@@ -235,31 +232,53 @@ func layerBytes(files []File, created time.Time) ([]byte, error) {
 			return nil, fmt.Errorf("file %s given twice", f.Path)
 		}
 		addDir(path.Dir(f.Path), 0o755)
-		entries[name] = entry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: f.Mode, Size: int64(len(data))}, data: data}
+		entries[name] = tarEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: f.Mode, Size: int64(len(data))}, data: data}
 	}
-	names := make([]string, 0, len(entries))
-	for n := range entries {
-		names = append(names, n)
-	}
-	slices.Sort(names)
 	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, n := range names {
+	if err := writeTar(&buf, entries, created); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// tarEntry is one entry of a tar writeTar writes: its header (type, name, mode, size) and
+// its content, in data or read from the file source.
+type tarEntry struct {
+	hdr    tar.Header
+	data   []byte
+	source string
+}
+
+// writeTar writes entries sorted by name, every time set to created and owner root, so that
+// equal entries give equal bytes.
+func writeTar(w io.Writer, entries map[string]tarEntry, created time.Time) error {
+	tw := tar.NewWriter(w)
+	for _, n := range slices.Sorted(maps.Keys(entries)) {
 		e := entries[n]
 		e.hdr.ModTime = created.UTC().Truncate(time.Second)
 		e.hdr.Format = tar.FormatPAX
 		e.hdr.Uname, e.hdr.Gname = "root", "root"
 		if err := tw.WriteHeader(&e.hdr); err != nil {
-			return nil, fmt.Errorf("tar header %s: %w", n, err)
+			return fmt.Errorf("tar header %s: %w", n, err)
 		}
-		if _, err := tw.Write(e.data); err != nil {
-			return nil, fmt.Errorf("tar %s: %w", n, err)
+		if e.source != "" {
+			f, err := os.Open(e.source)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(tw, f)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("tar %s: %w", n, err)
+			}
+		} else if _, err := tw.Write(e.data); err != nil {
+			return fmt.Errorf("tar %s: %w", n, err)
 		}
 	}
 	if err := tw.Close(); err != nil {
-		return nil, fmt.Errorf("close tar: %w", err)
+		return fmt.Errorf("close tar: %w", err)
 	}
-	return buf.Bytes(), nil
+	return nil
 }
 
 var elfMachine = map[string]elf.Machine{

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -59,55 +58,34 @@ func WriteLayoutTar(out string, idx v1.ImageIndex, ref, tag string, created time
 	return os.Rename(tmp, out)
 }
 
-// tarTree writes every file under root, sorted, owned by root, timed at created.
+// tarTree writes every file under root as writeTar does.
 func tarTree(w io.Writer, root string, created time.Time) error {
-	var names []string
+	entries := map[string]tarEntry{}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p != root {
-			names = append(names, p)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	slices.Sort(names)
-	tw := tar.NewWriter(w)
-	for _, p := range names {
-		info, err := os.Lstat(p)
-		if err != nil {
+		if err != nil || p == root {
 			return err
 		}
 		rel, err := filepath.Rel(root, p)
 		if err != nil {
 			return err
 		}
-		hdr := &tar.Header{Name: filepath.ToSlash(rel), ModTime: created.UTC().Truncate(time.Second), Format: tar.FormatPAX}
+		name := filepath.ToSlash(rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
 		switch {
-		case info.IsDir():
-			hdr.Typeflag, hdr.Name, hdr.Mode = tar.TypeDir, hdr.Name+"/", 0o755
+		case d.IsDir():
+			entries[name+"/"] = tarEntry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: 0o755}}
 		case info.Mode().IsRegular():
-			hdr.Typeflag, hdr.Mode, hdr.Size = tar.TypeReg, 0o644, info.Size()
+			entries[name] = tarEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: info.Size()}, source: p}
 		default:
 			return fmt.Errorf("%s: not a file or directory", p)
 		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if hdr.Typeflag == tar.TypeReg {
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(tw, f)
-			f.Close()
-			if err != nil {
-				return err
-			}
-		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	return tw.Close()
+	return writeTar(w, entries, created)
 }

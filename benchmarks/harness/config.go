@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/execgate/execgate/benchmarks/execbench"
+	"github.com/execgate/execgate/nodeagent/enforcer"
 )
 
 // Config sizes one run. DefaultConfig is what `make bench` runs; it fits a
@@ -23,6 +24,10 @@ type Config struct {
 	// kernel's BPF run-time statistics on (they cost a little themselves).
 	KernelSamples int
 
+	// Modes: the attach modes execgate is timed in (empty: every mode this
+	// kernel loads). A mode left out is reported as not measured, never
+	// silently dropped.
+	Modes []enforcer.AttachMode
 	// OurPolicies: loaded pod policies for execgate's program.
 	OurPolicies []int
 	// PeerPolicies: policies (one program each) for the peer baseline.
@@ -59,6 +64,14 @@ func DefaultConfig() Config {
 	}
 }
 
+// measuredModes are the attach modes execgate is timed in, in run order.
+var measuredModes = []enforcer.AttachMode{enforcer.AttachExecKill, enforcer.AttachFanotify, enforcer.AttachFmodRet, enforcer.AttachLSM}
+
+// measures says whether the config asks for mode.
+func (c Config) measures(mode enforcer.AttachMode) bool {
+	return len(c.Modes) == 0 || slices.Contains(c.Modes, mode)
+}
+
 // QuickConfig checks that everything works, in well under a minute; its
 // numbers are too small a sample to quote.
 func QuickConfig() Config {
@@ -75,6 +88,16 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Rounds < 1 || c.Samples < c.Rounds {
 		errs = append(errs, fmt.Errorf("samples (%d) must be at least rounds (%d), and rounds at least 1", c.Samples, c.Rounds))
+	}
+	seen := map[enforcer.AttachMode]bool{}
+	for _, m := range c.Modes {
+		if !slices.Contains(measuredModes, m) {
+			errs = append(errs, fmt.Errorf("attach mode %q cannot be timed: want some of %v", m, measuredModes))
+		}
+		if seen[m] {
+			errs = append(errs, fmt.Errorf("attach mode %q named twice", m))
+		}
+		seen[m] = true
 	}
 	if c.KernelSamples < 1 {
 		errs = append(errs, errors.New("kernel samples must be at least 1"))

@@ -94,7 +94,13 @@ func (m *meter) execStates(ctx context.Context) error {
 	if tramp != nil {
 		m.res.TrampolinesRefused = refusal(tramp)
 	}
-	for _, mode := range []enforcer.AttachMode{enforcer.AttachExecKill, enforcer.AttachFanotify, enforcer.AttachFmodRet, enforcer.AttachLSM} {
+	for _, mode := range measuredModes {
+		if !m.cfg.measures(mode) {
+			why := fmt.Sprintf("not measured: this run timed only %v (-modes)", m.cfg.Modes)
+			m.skipped(ImplExecgate, string(mode), m.cfg.OurPolicies, why)
+			m.logf("execgate %s: %s", mode, why)
+			continue
+		}
 		if why := unavailable(mode, tramp); why != "" {
 			if mode == enforcer.AttachLSM && tramp == nil {
 				m.res.LSMInactive = why

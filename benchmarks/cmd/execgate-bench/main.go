@@ -11,12 +11,14 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/execgate/execgate/benchmarks/controlplane"
 	"github.com/execgate/execgate/benchmarks/harness"
 	"github.com/execgate/execgate/benchmarks/report"
+	"github.com/execgate/execgate/nodeagent/enforcer"
 )
 
 type config struct {
@@ -38,6 +40,9 @@ func main() {
 	samples := flag.Int("samples", 0, "timed execs per pod and state (0: the preset's)")
 	kernelSamples := flag.Int("kernel-samples", 0, "execs per pod timed with BPF run-time statistics (0: the preset's)")
 	flag.StringVar(&cfg.render, "render", "", "re-render the table, RESULTS.md and plots from this results.json; measures nothing")
+	modes := flag.String("modes", "", "comma-separated attach modes to time (exec_kill,fanotify,fmod_ret,lsm; default: every mode this kernel loads)")
+	policies := flag.String("policies", "", "comma-separated ascending pod-policy counts for execgate's program (default: the preset's)")
+	peerPolicies := flag.String("peer-policies", "", "comma-separated ascending program counts for the peer baseline (default: the preset's)")
 	withControlPlane := flag.Bool("control-plane", true, "also measure items 4-6 through a real kube-apiserver, kube-scheduler, webhook and agents")
 	flag.Parse()
 
@@ -56,6 +61,17 @@ func main() {
 	if *kernelSamples > 0 {
 		cfg.bench.KernelSamples = *kernelSamples
 	}
+	var err error
+	if cfg.bench.Modes, err = parseModes(*modes); err == nil {
+		err = parseSizes(*policies, &cfg.bench.OurPolicies)
+	}
+	if err == nil {
+		err = parseSizes(*peerPolicies, &cfg.bench.PeerPolicies)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "execgate-bench:", err)
+		os.Exit(2)
+	}
 	cfg.bench.Progress = os.Stderr
 	cfg.command = strings.Join(append([]string{"go run ./benchmarks/cmd/execgate-bench"}, os.Args[1:]...), " ")
 
@@ -65,6 +81,39 @@ func main() {
 		fmt.Fprintln(os.Stderr, "execgate-bench:", err)
 		os.Exit(1)
 	}
+}
+
+// parseModes reads -modes; the harness's Validate refuses unknown modes.
+func parseModes(s string) ([]enforcer.AttachMode, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []enforcer.AttachMode
+	for _, f := range strings.Split(s, ",") {
+		m, err := enforcer.ParseAttachMode(strings.TrimSpace(f))
+		if err != nil || m == enforcer.AttachAuto {
+			return nil, fmt.Errorf("-modes %q: %q is not an attach mode to time (exec_kill, fanotify, fmod_ret, lsm)", s, f)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// parseSizes reads a comma-separated list of counts into dst; "" keeps dst.
+func parseSizes(s string, dst *[]int) error {
+	if s == "" {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return fmt.Errorf("%q is not a list of counts: %w", s, err)
+		}
+		out = append(out, n)
+	}
+	*dst = out
+	return nil
 }
 
 func run(ctx context.Context, cfg config) error {

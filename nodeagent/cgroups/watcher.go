@@ -53,6 +53,9 @@ type WatcherStats struct {
 	Pods       int
 	Containers int
 	Overflows  uint64 // inotify queue overflows, each answered by a full rescan
+	// Recovered counts resyncs that found what inotify had not reported (a QoS
+	// directory to watch, a pod or container cgroup that came or went).
+	Recovered uint64
 }
 
 // Watcher reports the pod and container cgroups of the pods of interest as they
@@ -64,6 +67,14 @@ type WatcherStats struct {
 // its parent was watched is still reported; duplicates are suppressed by remembering
 // what was reported (keyed by name and cgroup id). A pod cgroup that is created and
 // removed before the watcher could look at it is reported by neither event.
+//
+// inotify is not trusted to be complete: under a busy, emulated kernel a QoS
+// directory made while its parent's watch was being added was neither reported by
+// IN_CREATE nor found by the lookup right after it, and the pods below it went
+// unenforced. So while anything expected is missing (a QoS directory not watched, a
+// pod of interest whose cgroup was not reported) the watcher rescans on a timer,
+// from resyncFirst doubling to resyncMax: a missed event costs seconds, never the
+// pod's enforcement. A fully tracked node has no timer.
 //
 // AddPod and RemovePod may be called from any goroutine, before or during Run; they
 // take effect asynchronously (events already queued for a removed pod may still be
@@ -80,9 +91,10 @@ type Watcher struct {
 	pending []interestChange // applied by Run in order
 	wake    func()           // interrupts Run's read; nil unless Run is running
 	started bool
+	fault   func(path string) error // tests only, see watchState.fault
 
 	watches, pods, containers atomic.Int64
-	overflows                 atomic.Uint64
+	overflows, recovered      atomic.Uint64
 }
 
 type interestChange struct {
@@ -97,6 +109,9 @@ func NewWatcher(l Layout, log *zap.Logger) *Watcher {
 	}
 	return &Watcher{layout: l, log: log, events: make(chan Event, 256)}
 }
+
+// fault is handed to Run's watch state; set by tests before Run.
+func (w *Watcher) setFault(f func(path string) error) { w.fault = f }
 
 // Events delivers the watcher's events; it is closed when Run returns. Run blocks
 // while nobody reads, and the kernel queues what happens meanwhile.
@@ -137,6 +152,7 @@ func (w *Watcher) Stats() WatcherStats {
 		Pods:       int(w.pods.Load()),
 		Containers: int(w.containers.Load()),
 		Overflows:  w.overflows.Load(),
+		Recovered:  w.recovered.Load(),
 	}
 }
 
@@ -175,6 +191,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	defer stop()
 
 	s := newWatchState(w.layout, fd)
+	s.fault = w.fault
 	if err := s.ensureParents(); err != nil {
 		return err
 	}
@@ -200,6 +217,27 @@ func (w *Watcher) Run(ctx context.Context) error {
 		if !w.flush(ctx, s) {
 			return nil
 		}
+		if at := s.scheduleResync(time.Now()); !at.IsZero() {
+			if !time.Now().Before(at) {
+				if err := w.resync(s); err != nil {
+					return err
+				}
+				continue
+			}
+			// Under mu, and only with nothing pending: enqueue wakes under mu too, so
+			// this deadline cannot overwrite a wake-up for a change not yet taken.
+			w.mu.Lock()
+			if len(w.pending) == 0 {
+				err = f.SetReadDeadline(at)
+			}
+			w.mu.Unlock()
+			if err != nil {
+				return fmt.Errorf("cgroup watcher: %w", err)
+			}
+			if ctx.Err() != nil { // cancelled before the deadline was set: its wake-up was overwritten
+				return nil
+			}
+		}
 
 		n, err := f.Read(buf)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -223,6 +261,21 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// resync rescans after a timer (see Watcher) and says so when it found what inotify
+// had not reported.
+func (w *Watcher) resync(s *watchState) error {
+	events, watched := len(s.out), len(s.wdByPath)
+	if err := s.resync(); err != nil {
+		return err
+	}
+	if len(s.out) != events || len(s.wdByPath) != watched {
+		w.recovered.Add(1)
+		w.log.Warn("inotify did not report a cgroup change; the periodic resync found it",
+			zap.Int("events", len(s.out)-events), zap.Int("watchDelta", len(s.wdByPath)-watched))
+	}
+	return nil
 }
 
 // flush publishes stats and sends the queued events; false means ctx is done.
@@ -261,7 +314,19 @@ type watchState struct {
 	out      []Event
 
 	overflows uint64
+
+	// The resync timer (see Watcher): zero while everything expected is tracked.
+	resyncAt      time.Time
+	resyncBackoff time.Duration
+	// fault, in tests only, is consulted before each inotify_add_watch and pod
+	// cgroup open: a non-nil error is returned as that call's result.
+	fault func(path string) error
 }
+
+const (
+	resyncFirst = 250 * time.Millisecond
+	resyncMax   = 5 * time.Second
+)
 
 type inotifyWatch struct {
 	path   string
@@ -299,6 +364,53 @@ func distinctQoSDirs(l Layout) []string {
 }
 
 func (s *watchState) emit(e Event) { s.out = append(s.out, e) }
+
+// incomplete: something the watcher expects is not tracked, so a missed inotify
+// event could be hiding it.
+func (s *watchState) incomplete() bool {
+	for _, d := range s.qosDirs {
+		if _, ok := s.wdByPath[d]; !ok {
+			return true
+		}
+	}
+	for uid := range s.interest {
+		if _, ok := s.pods[uid]; !ok {
+			return true
+		}
+	}
+	return false
+}
+
+// scheduleResync returns when the next resync is due, or zero when none is needed.
+func (s *watchState) scheduleResync(now time.Time) time.Time {
+	if !s.incomplete() {
+		s.resyncAt, s.resyncBackoff = time.Time{}, 0
+		return time.Time{}
+	}
+	if s.resyncAt.IsZero() {
+		if s.resyncBackoff == 0 {
+			s.resyncBackoff = resyncFirst
+		}
+		s.resyncAt = now.Add(s.resyncBackoff)
+	}
+	return s.resyncAt
+}
+
+// resync rebuilds the parent watches and reconciles every QoS directory and tracked
+// pod with the filesystem, then backs the timer off.
+func (s *watchState) resync() error {
+	s.resyncAt = time.Time{}
+	s.resyncBackoff = min(2*s.resyncBackoff, resyncMax)
+	if err := s.ensureParents(); err != nil {
+		return err
+	}
+	for _, tp := range s.pods {
+		if err := s.reconcilePod(tp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // ensureParents watches every existing directory on the way from the top of the
 // cgroup2 filesystem down to each QoS directory, drops parent watches no longer
@@ -399,6 +511,11 @@ func (s *watchState) isQoSDir(p string) bool {
 
 // addWatch watches a parent directory. Watching an inode twice returns the same wd.
 func (s *watchState) addWatch(path string) (int32, error) {
+	if s.fault != nil {
+		if err := s.fault(path); err != nil {
+			return -1, err
+		}
+	}
 	wd, err := unix.InotifyAddWatch(s.fd, path, watchMask)
 	if err != nil {
 		return -1, err
@@ -435,6 +552,11 @@ func (s *watchState) rmWatch(wd int32) {
 // is opened once and watched through /proc/self/fd, so the id and the watch belong to
 // the same directory even if the name is reused in between.
 func (s *watchState) watchPodDir(path, uid string) (int32, uint64, error) {
+	if s.fault != nil {
+		if err := s.fault(path); err != nil {
+			return -1, 0, fmt.Errorf("open pod cgroup %q: %w", path, err)
+		}
+	}
 	dfd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, 0, fmt.Errorf("open pod cgroup %q: %w", path, err)
@@ -477,6 +599,7 @@ func (s *watchState) applyInterest(c interestChange) error {
 	// Interest first: a pod cgroup created after the look below is reported by its
 	// IN_CREATE. A QoS directory not watched yet is scanned when it appears.
 	s.interest[c.uid] = struct{}{}
+	s.resyncAt, s.resyncBackoff = time.Time{}, 0 // a new pod gets the quick retries
 	for _, q := range qosClasses {
 		if _, watched := s.wdByPath[s.l.QoSPath(q)]; !watched {
 			continue
@@ -541,7 +664,9 @@ func (s *watchState) podSeen(uid string, q QoS, path string) error {
 	}
 	wd, id, err := s.watchPodDir(path, uid)
 	if errors.Is(err, unix.ENOENT) {
-		return nil // removed already; nothing was reported, nothing will be
+		// Removed already (nothing was reported, nothing will be), or not visible
+		// yet: the resync timer looks again while the pod is untracked.
+		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("cgroup watcher: pod %s: %w", uid, err)

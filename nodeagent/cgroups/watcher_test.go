@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -529,5 +530,102 @@ func TestWatcherRejectsBadUIDs(t *testing.T) {
 		if err := w.RemovePod(uid); err == nil {
 			t.Errorf("RemovePod(%q) succeeded", uid)
 		}
+	}
+}
+
+// failOnce returns a fault that fails the first call on path with err.
+func failOnce(path string, err error) func(string) error {
+	var mu sync.Mutex
+	done := false
+	return func(p string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if p == path && !done {
+			done = true
+			return err
+		}
+		return nil
+	}
+}
+
+// TestWatcherResyncFindsMissedRoot: inotify missed a change (the VM matrix saw a QoS
+// directory made during its parent's watch go unreported and unfound), simulated by
+// a lookup that fails once with ENOENT for a directory that exists and raises no
+// event later. The resync timer still reports the pod, and says it recovered.
+func TestWatcherResyncFindsMissedRoot(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		miss func(Layout) string
+	}{
+		{"QoS directory", func(l Layout) string { return l.QoSPath(QoSBurstable) }},
+		{"pod cgroup", func(l Layout) string { return l.PodCgroupPath(uidA, QoSBurstable) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, tree := testTree(t)
+			l := mustLayout(t, tree, DriverSystemd, "/")
+			mkdirAll(t, l.ContainerCgroupPath(uidA, QoSBurstable, RuntimeContainerd, cidA))
+			w := NewWatcher(l, nil)
+			w.setFault(failOnce(tc.miss(l), unix.ENOENT))
+			if err := w.AddPod(uidA); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			runWatcher(t, w)
+			expect(t, w,
+				podCreated(l, uidA, QoSBurstable),
+				ctrCreated(l, uidA, QoSBurstable, RuntimeContainerd, cidA))
+			if d := time.Since(start); d < resyncFirst/2 {
+				t.Fatalf("reported after %v: the fault did not hide the pod", d)
+			}
+			waitStats(t, w, "recovered", func(s WatcherStats) bool { return s.Recovered == 1 && s.Pods == 1 })
+		})
+	}
+}
+
+// TestWatcherResyncTimer: the timer runs only while something expected is missing,
+// backs off to resyncMax, and restarts quickly for a new pod of interest.
+func TestWatcherResyncTimer(t *testing.T) {
+	_, tree := testTree(t)
+	l := mustLayout(t, tree, DriverCgroupfs, "/")
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	s := newWatchState(l, fd)
+	now := time.Now()
+	if err := s.ensureParents(); err != nil {
+		t.Fatal(err)
+	}
+	if at := s.scheduleResync(now); at.Sub(now) != resyncFirst {
+		t.Fatalf("QoS directories missing: resync in %v, want %v", at.Sub(now), resyncFirst)
+	}
+	for range 10 {
+		if err := s.resync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if at := s.scheduleResync(now); at.Sub(now) != resyncMax {
+		t.Fatalf("after 10 resyncs: next in %v, want %v", at.Sub(now), resyncMax)
+	}
+	mkdirAll(t, l.QoSPath(QoSBurstable), l.QoSPath(QoSBestEffort))
+	if err := s.resync(); err != nil {
+		t.Fatal(err)
+	}
+	if at := s.scheduleResync(now); !at.IsZero() {
+		t.Fatalf("everything tracked: resync at %v, want none", at)
+	}
+	if err := s.applyInterest(interestChange{uid: uidA, add: true}); err != nil {
+		t.Fatal(err)
+	}
+	if at := s.scheduleResync(now); at.Sub(now) != resyncFirst {
+		t.Fatalf("untracked pod of interest: resync in %v, want %v", at.Sub(now), resyncFirst)
+	}
+	mkdirAll(t, l.PodCgroupPath(uidA, QoSBurstable))
+	if err := s.resync(); err != nil {
+		t.Fatal(err)
+	}
+	if at := s.scheduleResync(now); !at.IsZero() || len(s.pods) != 1 {
+		t.Fatalf("pod tracked (%d pods): resync at %v, want none", len(s.pods), at)
 	}
 }

@@ -181,15 +181,22 @@ func BuildRow(base, stage, out, init string, files map[string]string) error {
 	if err := copyFile(base, out, 0o644); err != nil {
 		return err
 	}
-	var row bytes.Buffer
-	if err := cpioTo(stage, &row); err != nil {
+	return AppendTree(out, stage)
+}
+
+// AppendTree appends a newc archive of dir (owned by root) to the archive at
+// path: the kernel unpacks concatenated archives in order, later files
+// replacing earlier ones.
+func AppendTree(path, dir string) error {
+	var tree bytes.Buffer
+	if err := cpioTo(dir, &tree); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(out, os.O_APPEND|os.O_WRONLY, 0)
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(row.Bytes()); err != nil {
+	if _, err := f.Write(tree.Bytes()); err != nil {
 		f.Close()
 		return err
 	}

@@ -42,6 +42,9 @@ type Row struct {
 type Matrix struct {
 	Rows     []Row
 	Userland map[string][]Package // by architecture
+	// Node is what the real node (test/realnode) adds to the userland: the
+	// container runtime and its libraries, by architecture.
+	Node map[string][]Package
 }
 
 // attachModes are the modes the enforcer knows; a row naming another is a typo.
@@ -68,9 +71,10 @@ func ReadMatrix(path string) (*Matrix, error) {
 }
 
 // ParseMatrix parses matrix rows: "kernel | row | arch | pkg=ver | suite |
-// boot flags | modes | auto | ci run" and "userland | arches | pkg=ver | suite".
+// boot flags | modes | auto | ci run", "userland | arches | pkg=ver | suite" and
+// "node | arches | pkg=ver | suite".
 func ParseMatrix(r io.Reader) (*Matrix, error) {
-	m := &Matrix{Userland: map[string][]Package{}}
+	m := &Matrix{Userland: map[string][]Package{}, Node: map[string][]Package{}}
 	seen := map[string]bool{}
 	sc := bufio.NewScanner(r)
 	for n := 1; sc.Scan(); n++ {
@@ -93,19 +97,23 @@ func ParseMatrix(r io.Reader) (*Matrix, error) {
 			}
 			seen[row.Name] = true
 			m.Rows = append(m.Rows, row)
-		case "userland":
+		case "userland", "node":
 			if len(f) != 4 {
-				return nil, fmt.Errorf("line %d: userland rows have 4 fields (userland | arches | package=version | suite), got %d", n, len(f))
+				return nil, fmt.Errorf("line %d: %s rows have 4 fields (%[2]s | arches | package=version | suite), got %d", n, f[0], len(f))
+			}
+			into := m.Userland
+			if f[0] == "node" {
+				into = m.Node
 			}
 			for _, arch := range strings.Split(f[1], ",") {
 				p, err := parsePackage(f[2], strings.TrimSpace(arch), f[3])
 				if err != nil {
 					return nil, fmt.Errorf("line %d: %w", n, err)
 				}
-				m.Userland[p.Arch] = append(m.Userland[p.Arch], p)
+				into[p.Arch] = append(into[p.Arch], p)
 			}
 		default:
-			return nil, fmt.Errorf("line %d: a row starts with kernel or userland, not %q", n, f[0])
+			return nil, fmt.Errorf("line %d: a row starts with kernel, userland or node, not %q", n, f[0])
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -186,6 +194,11 @@ func (m *Matrix) Suites() []string {
 		set[r.Kernel.Suite] = true
 	}
 	for _, ps := range m.Userland {
+		for _, p := range ps {
+			set[p.Suite] = true
+		}
+	}
+	for _, ps := range m.Node {
 		for _, p := range ps {
 			set[p.Suite] = true
 		}

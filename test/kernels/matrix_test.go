@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -22,6 +23,15 @@ func TestMatrixFileParses(t *testing.T) {
 	if !arches["amd64"] || !arches["arm64"] {
 		t.Errorf("the matrix must cover amd64 and arm64, has %v", arches)
 	}
+	var node []string
+	for _, p := range m.Node["amd64"] {
+		node = append(node, p.Name)
+	}
+	for _, want := range []string{"containerd", "runc", "containernetworking-plugins"} {
+		if !slices.Contains(node, want) {
+			t.Errorf("the real node's packages %v lack %s", node, want)
+		}
+	}
 }
 
 func TestParseMatrixErrors(t *testing.T) {
@@ -36,7 +46,7 @@ func TestParseMatrixErrors(t *testing.T) {
 		{"no userland for arch", good, "no userland row names amd64"},
 		{"short row", "kernel | r | amd64 | k=1\n" + user, "9 fields"},
 		{"twice", good + good + user, "named twice"},
-		{"unknown kind", "kernal | r\n", "kernel or userland"},
+		{"unknown kind", "kernal | r\n", "kernel, userland or node"},
 		{"empty skip", "kernel | r | amd64 | k=1 | trixie | - | lsm | lsm | skip:\n" + user, "want skip:<test>"},
 		{"bad skip", "kernel | r | amd64 | k=1 | trixie | - | lsm | lsm | skip:Test(\n" + user, "want skip:<test>"},
 		{"bad run", "kernel | r | amd64 | k=1 | trixie | - | lsm | lsm | Test[\n" + user, "no -test.run regexp"},

@@ -50,7 +50,13 @@ type VM struct {
 	MemMB   int
 	CPUs    int
 	Timeout time.Duration
+	// Net replaces the default "-net none" with these qemu arguments (the real
+	// node's tap device).
+	Net []string
 }
+
+// Command is the qemu command line of v, its console on stdout.
+func (v VM) Command(ctx context.Context) (*exec.Cmd, error) { return v.command(ctx) }
 
 func (v VM) command(ctx context.Context) (*exec.Cmd, error) {
 	a, ok := Arches[v.Arch]
@@ -60,7 +66,12 @@ func (v VM) command(ctx context.Context) (*exec.Cmd, error) {
 	args := []string{"-accel", "tcg", "-m", strconv.Itoa(v.MemMB), "-smp", strconv.Itoa(v.CPUs),
 		"-kernel", v.Kernel, "-initrd", v.Initrd,
 		"-append", strings.Join(append([]string{"console=" + a.Console, "panic=-1", "oops=panic", "loglevel=2"}, v.Append...), " "),
-		"-display", "none", "-monitor", "none", "-serial", "stdio", "-net", "none", "-no-reboot"}
+		"-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"}
+	if len(v.Net) > 0 {
+		args = append(args, v.Net...)
+	} else {
+		args = append(args, "-net", "none")
+	}
 	switch v.Arch {
 	case "amd64":
 		args = append(args, "-cpu", "max")

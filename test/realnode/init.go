@@ -1,0 +1,149 @@
+package realnode
+
+import (
+	"fmt"
+	"strings"
+)
+
+// stage1 is the initramfs's /init: it copies the root into a tmpfs and
+// switches to it, because runc's pivot_root refuses the initial rootfs.
+const stage1 = `#!/bin/busybox sh
+B=/bin/busybox
+$B mkdir -p /newroot
+$B mount -t tmpfs -o size=85%,mode=0755 tmpfs /newroot
+for d in $($B ls -A /); do
+	case "$d" in newroot|init) ;; *) $B cp -a "/$d" /newroot/ ;; esac
+done
+exec $B switch_root /newroot /stage2
+`
+
+// Addresses inside the VM; the pod network is the CNI bridge's own.
+const podSubnet = "10.244.0.0/24"
+
+// stage2 brings the node up: mounts, modules, the link to the host, cgroup
+// controllers, containerd with the local images, the kubelet. Each step
+// prints a REALNODE mark the host waits for; a failed step prints
+// "REALNODE FAIL <what>".
+func stage2(b *Built, nc NodeConfig) string {
+	var s strings.Builder
+	fmt.Fprintf(&s, `#!/bin/busybox sh
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sysfs /sys
+$B mount -t devtmpfs devtmpfs /dev
+$B mkdir -p /dev/pts /dev/shm
+$B mount -t devpts devpts /dev/pts
+$B mount -t tmpfs tmpfs /dev/shm
+$B mount -t cgroup2 cgroup2 /sys/fs/cgroup
+$B mount -t bpf bpf /sys/fs/bpf
+$B mount -t tracefs tracefs /sys/kernel/tracing
+$B mount -t securityfs securityfs /sys/kernel/security
+$B mount -t tmpfs tmpfs /run
+$B mkdir -p /usr/local/bin
+$B --install -s /usr/local/bin
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/bin HOME=/root
+echo "REALNODE kernel $($B uname -r) lsm $($B cat /sys/kernel/security/lsm)"
+fail() { echo "REALNODE FAIL $*"; }
+`)
+	for _, m := range b.Modules {
+		fmt.Fprintf(&s, "$B insmod %s || fail insmod %s\n", m, m)
+	}
+	fmt.Fprintf(&s, `$B hostname %[1]s
+$B ip link set lo up
+$B ip link set eth0 up || fail eth0
+$B ip addr add %[2]s/30 dev eth0
+$B ip route add default via %[3]s
+echo 1 > /proc/sys/net/ipv4/ip_forward
+echo "+cpuset +cpu +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control || fail cgroup controllers
+$B mkdir -p /var/lib/containerd /var/lib/kubelet /var/log/pods /run/containerd /var/run/nri /tmp /root
+$B chmod 1777 /tmp
+echo "REALNODE network $($B ip -4 -o addr show dev eth0)"
+containerd --config /etc/containerd/config.toml >/var/log/containerd.log 2>&1 &
+i=0
+until [ -S /run/containerd/containerd.sock ]; do
+	i=$((i+1)); [ $i -gt 300 ] && { fail containerd; $B cat /var/log/containerd.log; break; }
+	$B sleep 0.2
+done
+for img in /images/*.tar; do
+	ctr -n k8s.io images import "$img" >/dev/null || fail import $img
+done
+echo "REALNODE containerd ready"
+kubelet --config=/etc/kubelet/config.yaml --kubeconfig=/etc/kubelet/kubeconfig \
+	--hostname-override=%[1]s --node-ip=%[2]s >/var/log/kubelet.log 2>&1 &
+echo "REALNODE kubelet started"
+exec $B tail -n +1 -F /var/log/kubelet.log /var/log/containerd.log
+`, nc.Name, nc.Link.NodeIP, nc.Link.HostIP)
+	return s.String()
+}
+
+// containerdConfig: CRI with runc (cgroupfs, as the kubelet), the local
+// pause image, the CNI bridge, and NRI enabled for the agent.
+const containerdConfig = `version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "` + PauseImage + `"
+  disable_apparmor = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "/etc/cni/net.d"
+
+[plugins."io.containerd.nri.v1.nri"]
+  disable = false
+  socket_path = "/var/run/nri/nri.sock"
+  plugin_path = "/opt/nri/plugins"
+  plugin_config_path = "/etc/nri/conf.d"
+`
+
+const cniConfig = `{
+  "cniVersion": "1.0.0",
+  "name": "execgate",
+  "plugins": [{
+    "type": "bridge",
+    "bridge": "cni0",
+    "isGateway": true,
+    "ipMasq": false,
+    "ipam": {"type": "host-local", "ranges": [[{"subnet": "` + podSubnet + `"}]], "routes": [{"dst": "0.0.0.0/0"}]}
+  }]
+}
+`
+
+// kubeletConfig: the cgroupfs driver (no systemd in the VM). The API server
+// reaches the kubelet (exec, logs) without a client certificate, so the
+// kubelet's API allows anonymous requests: the VM's link is reachable only
+// from this machine's host side, and a test node holds no secrets.
+const kubeletConfig = `apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+failSwapOn: false
+authentication:
+  anonymous:
+    enabled: true
+  webhook:
+    enabled: false
+authorization:
+  mode: AlwaysAllow
+resolvConf: /etc/resolv.conf
+registerNode: true
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: "50Mi"
+protectKernelDefaults: false
+nodeStatusReportFrequency: 10s
+podPidsLimit: -1
+`

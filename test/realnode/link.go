@@ -1,0 +1,140 @@
+package realnode
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"sync"
+)
+
+// Link is the host side of a node's network: a tap device on a link-local /30
+// (169.254.96.0/22, apart from the simulated nodes' 169.254.100.0/22) and a
+// forwarder from the host address to the API server's loopback address. The
+// VM reaches nothing else: no route leaves the /30 on the host side.
+type Link struct {
+	Tap    string
+	HostIP string
+	NodeIP string
+	// APIServer is the address the node's kubelet dials (host side of the tap).
+	APIServer string
+
+	ln    net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// NewLink creates the tap and the forwarder to apiserver (host:port).
+func NewLink(apiserver string) (_ *Link, err error) {
+	ips, err := hostIPs()
+	if err != nil {
+		return nil, err
+	}
+	idx := -1
+	for i := range 256 {
+		host := fmt.Sprintf("169.254.%d.%d", 96+i/64, i%64*4+1)
+		if !ips[host] {
+			idx = i
+			break
+		}
+	}
+	if idx < 0 {
+		return nil, errors.New("real node: no free /30 in 169.254.96.0/22")
+	}
+	l := &Link{
+		Tap:    fmt.Sprintf("egrn%d", idx),
+		HostIP: fmt.Sprintf("169.254.%d.%d", 96+idx/64, idx%64*4+1),
+		NodeIP: fmt.Sprintf("169.254.%d.%d", 96+idx/64, idx%64*4+2),
+		conns:  map[net.Conn]struct{}{},
+	}
+	if err := ip("tuntap", "add", "dev", l.Tap, "mode", "tap"); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = ip("link", "del", l.Tap)
+		}
+	}()
+	if err := ip("addr", "add", l.HostIP+"/30", "dev", l.Tap); err != nil {
+		return nil, err
+	}
+	if err := ip("link", "set", l.Tap, "up"); err != nil {
+		return nil, err
+	}
+	l.ln, err = net.Listen("tcp", net.JoinHostPort(l.HostIP, "0"))
+	if err != nil {
+		return nil, fmt.Errorf("real node: listen on the tap's address: %w", err)
+	}
+	l.APIServer = l.ln.Addr().String()
+	l.wg.Add(1)
+	go l.forward(apiserver)
+	return l, nil
+}
+
+func (l *Link) forward(to string) {
+	defer l.wg.Done()
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", to)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		l.mu.Lock()
+		l.conns[c], l.conns[up] = struct{}{}, struct{}{}
+		l.mu.Unlock()
+		l.wg.Add(2)
+		pipe := func(dst, src net.Conn) {
+			defer l.wg.Done()
+			_, _ = io.Copy(dst, src)
+			dst.Close()
+			src.Close()
+			l.mu.Lock()
+			delete(l.conns, dst)
+			delete(l.conns, src)
+			l.mu.Unlock()
+		}
+		go pipe(c, up)
+		go pipe(up, c)
+	}
+}
+
+// Close stops the forwarder and deletes the tap.
+func (l *Link) Close() error {
+	err := l.ln.Close()
+	l.mu.Lock()
+	for c := range l.conns {
+		c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
+	return errors.Join(err, ip("link", "del", l.Tap))
+}
+
+func ip(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func hostIPs() (map[string]bool, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			out[n.IP.String()] = true
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,200 @@
+//go:build realnode
+
+package realnode
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/remotecommand"
+
+	"github.com/execgate/execgate/internal/testenv"
+	"github.com/execgate/execgate/test/e2e/cluster"
+)
+
+const nodeName = "realnode-0"
+
+// startNode starts a control plane on the host and the real node VM joined to it.
+func startNode(t *testing.T) (*cluster.Cluster, *Node) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testenv.Need(t, cluster.RequireE2EEnv, "root (tap device, qemu)")
+	}
+	c := cluster.Start(t, cluster.Options{})
+	repo, err := cluster.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := cluster.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	built, err := Build(Config{Repo: repo, BuildDir: filepath.Join(repo, ".build", "kernels"), BinDir: bin, Row: "6.12", Log: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("node image built in %v", time.Since(start).Round(time.Millisecond))
+	u, err := url.Parse(c.APIServerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, err := NewLink(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := link.Close(); err != nil {
+			t.Errorf("close link: %v", err)
+		}
+	})
+	kcPath, err := c.KubeconfigFor(cluster.Identity{User: "system:node:" + nodeName, Groups: []string{"system:nodes"}}, "realnode.kubeconfig")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := clientcmd.LoadFromFile(kcPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range kc.Clusters {
+		// The serving certificate names localhost; the node dials the tap's host side.
+		cl.Server, cl.TLSServerName = "https://"+link.APIServer, "localhost"
+	}
+	kcData, err := clientcmd.Write(*kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := time.Now()
+	node, err := built.Boot(context.Background(), NodeConfig{Name: nodeName, Kubeconfig: kcData, Link: link})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := node.Stop(); err != nil {
+			t.Errorf("stop node: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("node console: %s", node.LogPath)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := node.WaitMark(ctx, "kubelet started"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("VM booted to kubelet start in %v", time.Since(boot).Round(time.Millisecond))
+	waitFor(t, ctx, "node Ready", func() (bool, error) {
+		n, err := c.Client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		for _, cond := range n.Status.Conditions {
+			if cond.Type == corev1.NodeReady {
+				return cond.Status == corev1.ConditionTrue, nil
+			}
+		}
+		return false, nil
+	})
+	t.Logf("node Ready %v after boot", time.Since(boot).Round(time.Millisecond))
+	return c, node
+}
+
+func waitFor(t *testing.T, ctx context.Context, what string, ok func() (bool, error)) {
+	t.Helper()
+	var last error
+	for {
+		done, err := ok()
+		if done {
+			return
+		}
+		if err != nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v (last error: %v)", what, ctx.Err(), last)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// TestRealNodeRunsAPod: the real kubelet registers the VM as a Node, the real
+// scheduler places a pod on it, containerd runs it from the imported image
+// (nothing can be pulled), and `kubectl exec` reaches it through the API
+// server and the kubelet's streaming server.
+func TestRealNodeRunsAPod(t *testing.T) {
+	c, _ := startNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const ns = "realnode"
+	if err := c.CreateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	no := false
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: ns},
+		Spec: corev1.PodSpec{
+			AutomountServiceAccountToken: &no,
+			Containers: []corev1.Container{{
+				Name: "main", Image: TestImage, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/bin/sleep", "3600"},
+			}},
+		},
+	}
+	start := time.Now()
+	if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "pod Running", func() (bool, error) {
+		p, err := c.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		if p.Status.Phase == corev1.PodFailed {
+			return false, fmt.Errorf("pod failed: %s", p.Status.Message)
+		}
+		return p.Status.Phase == corev1.PodRunning && p.Spec.NodeName == nodeName, nil
+	})
+	t.Logf("pod Running on %s %v after create", nodeName, time.Since(start).Round(time.Millisecond))
+
+	stdout, stderr, err := execIn(ctx, c, ns, pod.Name, "main", "/bin/id", "-u")
+	if err != nil || strings.TrimSpace(stdout) != "0" {
+		t.Fatalf("exec id -u: %q, stderr %q, err %v", stdout, stderr, err)
+	}
+
+	if err := c.Client.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "pod gone", func() (bool, error) {
+		_, err := c.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+}
+
+// execIn runs argv in a container the way kubectl exec does.
+func execIn(ctx context.Context, c *cluster.Cluster, ns, pod, container string, argv ...string) (string, string, error) {
+	req := c.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("exec").
+		VersionedParams(&corev1.PodExecOptions{Container: container, Command: argv, Stdout: true, Stderr: true}, scheme.ParameterCodec)
+	ex, err := remotecommand.NewSPDYExecutor(c.RESTConfig, "POST", req.URL())
+	if err != nil {
+		return "", "", err
+	}
+	var out, errb bytes.Buffer
+	err = ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out, Stderr: &errb})
+	return out.String(), errb.String(), err
+}

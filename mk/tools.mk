@@ -22,17 +22,18 @@ TOOLS_BUILD := CGO_ENABLED=0 GOWORK=off $(GO) build -trimpath
 HELM_VERSION := v3.22.0
 KUBECONFORM_VERSION := v0.8.0
 
-KUBE_TOOLS := $(BIN)/kube-apiserver $(BIN)/kube-scheduler
+KUBE_TOOLS := $(BIN)/kube-apiserver $(BIN)/kube-scheduler $(BIN)/kubelet
 TOOLS := $(KUBE_TOOLS) $(BIN)/etcd $(BIN)/helm $(BIN)/kubeconform
 
 .PHONY: tools clean-tools
 tools: $(TOOLS) ## build the control-plane binaries into bin/ (pinned modules)
 
-# One grouped target and one `go build` for both: they share most packages, and two
-# concurrent builds (make -j) would each compile them.
+# One grouped target and one `go build` for the three (the kubelet is the real node's,
+# test/realnode): they share most packages, and concurrent builds (make -j) would
+# each compile them.
 $(KUBE_TOOLS) &: $(TOOLS_DIR)/go.mod $(TOOLS_DIR)/go.sum | $(BIN)
 	cd $(TOOLS_DIR) && $(TOOLS_BUILD) -ldflags '$(KUBE_LDFLAGS)' -o $(BIN)/ \
-		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet
 
 # The root package of go.etcd.io/etcd/server/v3 is etcd's main (it calls etcdmain.Main).
 $(BIN)/etcd: $(TOOLS_DIR)/etcd/go.mod $(TOOLS_DIR)/etcd/go.sum | $(BIN)

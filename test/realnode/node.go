@@ -54,14 +54,14 @@ func (b *Built) Boot(ctx context.Context, nc NodeConfig) (*Node, error) {
 		return nil, err
 	}
 	files := map[string]string{
-		"etc/containerd/config.toml":       containerdConfig,
+		"etc/containerd/config.toml":         containerdConfig,
 		"etc/cni/net.d/10-execgate.conflist": cniConfig,
-		"etc/kubelet/config.yaml":          kubeletConfig,
-		"etc/kubelet/kubeconfig":           string(nc.Kubeconfig),
-		"etc/resolv.conf":                  "",
-		"etc/hosts":                        "127.0.0.1 localhost\n",
-		"etc/machine-id":                   machineID(nc.Name) + "\n",
-		"stage2":                           stage2(b, nc),
+		"etc/kubelet/config.yaml":            kubeletConfig,
+		"etc/kubelet/kubeconfig":             string(nc.Kubeconfig),
+		"etc/resolv.conf":                    "",
+		"etc/hosts":                          "127.0.0.1 localhost\n",
+		"etc/machine-id":                     machineID(nc.Name) + "\n",
+		"stage2":                             stage2(b, nc),
 	}
 	for name, body := range files {
 		p := filepath.Join(stage, name)

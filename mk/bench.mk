@@ -10,7 +10,7 @@
 BENCH_OUT ?= benchmarks/results
 BENCH_FLAGS ?=
 BENCH_GO_COUNT ?= 6
-BENCH_GO_PKGS := ./webhook ./nodeagent/enforcer
+BENCH_GO_PKGS := ./webhook/binding ./nodeagent/enforcer
 
 .PHONY: bench bench-go
 # Items 4-6 run through the real control plane, hence `tools`.

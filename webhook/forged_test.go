@@ -17,6 +17,10 @@ import (
 
 	"github.com/execgate/execgate/api/v1alpha1"
 	agentv1 "github.com/execgate/execgate/proto/execgate/agent/v1"
+	"github.com/execgate/execgate/webhook/agents"
+	"github.com/execgate/execgate/webhook/internal/webhooktest"
+	"github.com/execgate/execgate/webhook/learn"
+	"github.com/execgate/execgate/webhook/violations"
 )
 
 // TestForgedEventsDropped is issue 14's attack 5: any node's agent could stream events
@@ -37,7 +41,7 @@ func TestForgedEventsDropped(t *testing.T) {
 		return &v1alpha1.WorkloadPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Generation: 1},
 			Spec: v1alpha1.WorkloadPolicySpec{Mode: mode, RulesByContainer: v1alpha1.RulesByContainer{"app": {Executables: []string{"/usr/bin/app"}}}}}
 	}
-	c := fake.NewClientBuilder().WithScheme(testScheme(t)).WithStatusSubresource(&v1alpha1.WorkloadPolicyProposal{}).
+	c := fake.NewClientBuilder().WithScheme(webhooktest.Scheme(t)).WithStatusSubresource(&v1alpha1.WorkloadPolicyProposal{}).
 		WithObjects(
 			pod("web-1", "node-a", "web"), policy("web", v1alpha1.ModeLearn), // a Learn workload on node-a only
 			pod("db-1", "node-b", "db"), policy("db", v1alpha1.ModeProtect), // a Protect workload on node-b
@@ -52,33 +56,33 @@ func TestForgedEventsDropped(t *testing.T) {
 		}
 		return e
 	}
-	learn, protect := agentv1.Mode_MODE_LEARN, agentv1.Mode_MODE_PROTECT
+	learnMode, protect := agentv1.Mode_MODE_LEARN, agentv1.Mode_MODE_PROTECT
 	learned, denied := agentv1.Action_ACTION_ALLOWED_LEARN, agentv1.Action_ACTION_DENIED
 	tests := []struct {
 		name string
 		node string // whose stream carries it; the message's own Node field is not believed
 		ev   *agentv1.ExecEvent
-		drop DropReason // "" for a genuine event
+		drop agents.DropReason // "" for a genuine event
 	}{
-		{"genuine learn event", "node-a", ev("web-1", ns+"/web", learn, learned, "/usr/bin/ls"), ""},
+		{"genuine learn event", "node-a", ev("web-1", ns+"/web", learnMode, learned, "/usr/bin/ls"), ""},
 		{"genuine violation", "node-b", ev("db-1", ns+"/db", protect, denied, "/usr/bin/id"), ""},
-		{"node-b plants into node-a's workload", "node-b", ev("web-1", ns+"/web", learn, learned, "/tmp/evil"), DropPodOnOtherNode},
-		{"node-a reports a violation on node-b's pod", "node-a", ev("db-1", ns+"/db", protect, denied, "/usr/bin/nc"), DropPodOnOtherNode},
-		{"Learn events for a Protect workload", "node-b", ev("db-1", ns+"/db", learn, learned, "/tmp/evil-db"), DropModeMismatch},
-		{"its own pod under another workload's policy", "node-b", ev("db-1", ns+"/web", learn, learned, "/tmp/evil-web"), DropPolicyMismatch},
-		{"a Learn policy's event with a denial", "node-a", ev("web-1", ns+"/web", learn, denied, "/usr/bin/su"), DropModeMismatch},
-		{"a pod that does not exist", "node-a", ev("ghost", ns+"/web", learn, learned, "/tmp/evil-ghost"), DropPodNotFound},
-		{"no pod at all", "node-a", ev("", ns+"/db", protect, denied, "/usr/bin/ncat"), DropNoPod},
-		{"a policy that does not exist", "node-a", ev("orphan", ns+"/gone", learn, learned, "/tmp/evil-orphan"), DropPolicyNotFound},
+		{"node-b plants into node-a's workload", "node-b", ev("web-1", ns+"/web", learnMode, learned, "/tmp/evil"), agents.DropPodOnOtherNode},
+		{"node-a reports a violation on node-b's pod", "node-a", ev("db-1", ns+"/db", protect, denied, "/usr/bin/nc"), agents.DropPodOnOtherNode},
+		{"Learn events for a Protect workload", "node-b", ev("db-1", ns+"/db", learnMode, learned, "/tmp/evil-db"), agents.DropModeMismatch},
+		{"its own pod under another workload's policy", "node-b", ev("db-1", ns+"/web", learnMode, learned, "/tmp/evil-web"), agents.DropPolicyMismatch},
+		{"a Learn policy's event with a denial", "node-a", ev("web-1", ns+"/web", learnMode, denied, "/usr/bin/su"), agents.DropModeMismatch},
+		{"a pod that does not exist", "node-a", ev("ghost", ns+"/web", learnMode, learned, "/tmp/evil-ghost"), agents.DropPodNotFound},
+		{"no pod at all", "node-a", ev("", ns+"/db", protect, denied, "/usr/bin/ncat"), agents.DropNoPod},
+		{"a policy that does not exist", "node-a", ev("orphan", ns+"/gone", learnMode, learned, "/tmp/evil-orphan"), agents.DropPolicyNotFound},
 	}
 
-	fleet := newAgentFleet(t)
-	sources := map[string]*eventSource{"node-a": newEventSource(), "node-b": newEventSource()}
+	fleet := webhooktest.NewFleet(t)
+	sources := map[string]*webhooktest.EventSource{"node-a": webhooktest.NewEventSource(), "node-b": webhooktest.NewEventSource()}
 	endpoints := map[string]string{}
 	for node, src := range sources {
-		endpoints[node], _ = fleet.serve(t, node, "127.0.0.1:0", src)
+		endpoints[node], _ = fleet.Serve(t, node, "127.0.0.1:0", src)
 	}
-	pool, err := NewAgentPool(fleet.dialer, NewStaticAgentDirectory(endpoints), 8, zaptest.NewLogger(t))
+	pool, err := agents.NewAgentPool(fleet.Dialer, agents.NewStaticAgentDirectory(endpoints), 8, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,15 +92,15 @@ func TestForgedEventsDropped(t *testing.T) {
 		mu       sync.Mutex
 		received []string // executables that reached the sinks
 	)
-	learner := &ProposalLearner{Client: c, FlushInterval: time.Hour, Log: zaptest.NewLogger(t)}
-	violations := &ViolationEvents{Client: c, Log: zaptest.NewLogger(t)}
-	recorder := sinkFunc(func(_ context.Context, ev *agentv1.ExecEvent) {
+	learner := &learn.ProposalLearner{Client: c, FlushInterval: time.Hour, Log: zaptest.NewLogger(t)}
+	violationEvents := &violations.ViolationEvents{Client: c, Log: zaptest.NewLogger(t)}
+	recorder := webhooktest.SinkFunc(func(_ context.Context, ev *agentv1.ExecEvent) {
 		mu.Lock()
 		defer mu.Unlock()
 		received = append(received, ev.GetExecutable())
 	})
-	stream := &AgentEventStream{Nodes: NewStaticAgentDirectory(endpoints), Agents: pool, Origin: &EventOrigin{Reader: c},
-		Sinks: []ExecEventSink{learner, violations, recorder}, Resync: 50 * time.Millisecond, Log: zaptest.NewLogger(t)}
+	stream := &agents.AgentEventStream{Nodes: agents.NewStaticAgentDirectory(endpoints), Agents: pool, Origin: &agents.EventOrigin{Reader: c},
+		Sinks: []agents.ExecEventSink{learner, violationEvents, recorder}, Resync: 50 * time.Millisecond, Log: zaptest.NewLogger(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- stream.Start(ctx) }()
@@ -107,11 +111,11 @@ func TestForgedEventsDropped(t *testing.T) {
 		}
 	}()
 	for node, src := range sources {
-		waitUntil(t, node+" stream open", func() bool { return src.subscribers() == 1 })
+		webhooktest.WaitUntil(t, node+" stream open", func() bool { return src.Subscribers() == 1 })
 	}
 
-	dropped := func(node string, reason DropReason) float64 {
-		return served(t, "execgate_controller_agent_events_dropped_total", map[string]string{"node": node, "reason": string(reason)})
+	dropped := func(node string, reason agents.DropReason) float64 {
+		return webhooktest.Served(t, "execgate_controller_agent_events_dropped_total", map[string]string{"node": node, "reason": string(reason)})
 	}
 	before := map[string]float64{}
 	for _, tc := range tests {
@@ -119,22 +123,22 @@ func TestForgedEventsDropped(t *testing.T) {
 			before[tc.node+"/"+string(tc.drop)] = dropped(tc.node, tc.drop)
 		}
 	}
-	deniedBefore := violationCount(t, ns, ns+"/db", "denied")
+	deniedBefore := webhooktest.Served(t, "execgate_controller_violations_total", map[string]string{"namespace": ns, "policy": ns + "/db", "action": "denied"})
 	for _, tc := range tests {
 		forged := proto.CloneOf(tc.ev)
 		forged.Node = "node-that-is-not-the-stream" // overwritten from the connection
-		sources[tc.node].emit(t, forged)
+		sources[tc.node].Emit(t, forged)
 	}
 	// Per node the stream delivers in order: a marker event after the cases says every
 	// case was decided.
 	for node, src := range sources {
-		marker := ev("web-1", ns+"/web", learn, learned, "/usr/bin/marker-"+node)
+		marker := ev("web-1", ns+"/web", learnMode, learned, "/usr/bin/marker-"+node)
 		if node == "node-b" {
 			marker = ev("db-1", ns+"/db", protect, denied, "/usr/bin/marker-"+node)
 		}
-		src.emit(t, marker)
+		src.Emit(t, marker)
 	}
-	waitUntil(t, "both markers delivered", func() bool {
+	webhooktest.WaitUntil(t, "both markers delivered", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		n := 0
@@ -172,9 +176,19 @@ func TestForgedEventsDropped(t *testing.T) {
 		}
 	}
 
-	// Learn: node-a's workload learns what node-a saw, nothing node-b said about it.
-	if changed := learner.flush(context.Background()); changed != 1 {
-		t.Errorf("flush changed %d proposals, want 1 (web-1's)", changed)
+	// Learn: node-a's workload learns what node-a saw, nothing node-b said about it. The
+	// learner writes what it buffered when Start's context ends.
+	created := func() float64 {
+		return webhooktest.Served(t, "execgate_controller_proposal_writes_total", map[string]string{"result": "created"})
+	}
+	createdBefore := created()
+	lctx, stopLearner := context.WithCancel(context.Background())
+	stopLearner()
+	if err := learner.Start(lctx); err != nil {
+		t.Fatalf("learner Start: %v", err)
+	}
+	if n := created() - createdBefore; n != 1 {
+		t.Errorf("the flush created %v proposals, want 1 (web-1's)", n)
 	}
 	var p v1alpha1.WorkloadPolicyProposal
 	if err := c.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "pod-web-1"}, &p); err != nil {
@@ -189,7 +203,7 @@ func TestForgedEventsDropped(t *testing.T) {
 		}
 	}
 	// Violations: db's count holds node-b's two denials, none of the forged ones.
-	if rose := violationCount(t, ns, ns+"/db", "denied") - deniedBefore; rose != 2 {
+	if rose := webhooktest.Served(t, "execgate_controller_violations_total", map[string]string{"namespace": ns, "policy": ns + "/db", "action": "denied"}) - deniedBefore; rose != 2 {
 		t.Errorf("execgate_controller_violations_total{policy=%q,action=denied} rose by %v, want 2 (genuine and marker)", ns+"/db", rose)
 	}
 }

@@ -25,20 +25,19 @@ import (
 	"github.com/execgate/execgate/api/v1alpha1"
 	"github.com/execgate/execgate/internal/version"
 	"github.com/execgate/execgate/nodeagent/agentclient"
+	"github.com/execgate/execgate/webhook/agents"
 	"github.com/execgate/execgate/webhook/agentsigner"
-)
-
-// Webhook paths; deploy/helm/execgate (values webhook.paths) must match.
-const (
-	BindingPath = "/validate-pods-binding"
-	PodsPath    = "/validate-pods"
+	"github.com/execgate/execgate/webhook/binding"
+	"github.com/execgate/execgate/webhook/learn"
+	"github.com/execgate/execgate/webhook/policy"
+	"github.com/execgate/execgate/webhook/violations"
 )
 
 // Config is the controller's configuration, one field per command-line flag.
 type Config struct {
 	PushTimeout   time.Duration
 	LookupTimeout time.Duration // API read of a pod the cache does not have yet
-	// AnswerWithin bounds a whole admission decision (Admitter.AnswerWithin).
+	// AnswerWithin bounds a whole admission decision (binding.Admitter.AnswerWithin).
 	AnswerWithin  time.Duration
 	WebhookPort   int
 	WebhookCert   string // directory with tls.crt and tls.key
@@ -111,7 +110,7 @@ func (c *Config) validate() (static map[string]string, selector labels.Selector,
 		}
 	}
 	if c.AgentEndpoints != "" {
-		if static, err = ParseStaticEndpoints(c.AgentEndpoints); err != nil {
+		if static, err = agents.ParseStaticEndpoints(c.AgentEndpoints); err != nil {
 			errs = append(errs, fmt.Errorf("--agent-endpoints: %w", err))
 		}
 	} else {
@@ -173,9 +172,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return fmt.Errorf("create manager: %w", err)
 	}
 
-	directory := NewStaticAgentDirectory(static)
+	directory := agents.NewStaticAgentDirectory(static)
 	if static == nil {
-		directory = NewAgentDirectory(cfg.AgentNS, selector, cfg.AgentPort, log.Named("discovery"))
+		directory = agents.NewAgentDirectory(cfg.AgentNS, selector, cfg.AgentPort, log.Named("discovery"))
 	}
 	if cfg.AgentCABundleConfigMap != "" {
 		ns, name, _ := strings.Cut(cfg.AgentCABundleConfigMap, "/")
@@ -219,7 +218,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	pool, err := NewAgentPool(dialer, directory, DefaultPoolSize, log.Named("pool"))
+	pool, err := agents.NewAgentPool(dialer, directory, agents.DefaultPoolSize, log.Named("pool"))
 	if err != nil {
 		return err
 	}
@@ -236,30 +235,30 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		}
 	}
 
-	admitter := &Admitter{
+	admitter := &binding.Admitter{
 		Cache: mgr.GetClient(), APIReader: mgr.GetAPIReader(), LookupTimeout: cfg.LookupTimeout,
 		AnswerWithin: cfg.AnswerWithin,
-		Pusher:       &Pusher{Agents: pool, Timeout: cfg.PushTimeout},
+		Pusher:       &agents.Pusher{Agents: pool, Timeout: cfg.PushTimeout},
 		Recorder:     mgr.GetEventRecorder("execgate-controller"),
 		Log:          log.Named("admission"),
 	}
 	recoverPanic := true
 	server := mgr.GetWebhookServer()
-	server.Register(BindingPath, &crwebhook.Admission{Handler: &BindingHandler{Admitter: admitter}, RecoverPanic: &recoverPanic})
-	server.Register(PodsPath, &crwebhook.Admission{Handler: &PodHandler{Admitter: admitter}, RecoverPanic: &recoverPanic})
+	server.Register(binding.BindingPath, &crwebhook.Admission{Handler: &binding.BindingHandler{Admitter: admitter}, RecoverPanic: &recoverPanic})
+	server.Register(binding.PodsPath, &crwebhook.Admission{Handler: &binding.PodHandler{Admitter: admitter}, RecoverPanic: &recoverPanic})
 
-	reconciler := &PolicyReconciler{Client: mgr.GetClient(), Agents: pool, PushTimeout: cfg.PushTimeout * 4,
+	reconciler := &policy.PolicyReconciler{Client: mgr.GetClient(), Agents: pool, PushTimeout: cfg.PushTimeout * 4,
 		Recorder: mgr.GetEventRecorder("execgate-controller"), Log: log.Named("reconciler")}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return err
 	}
 	// Leader only: one WatchEvents stream per agent; violations become aggregated pod
 	// Events, Learn events merge into one WorkloadPolicyProposal per workload.
-	violations := &ViolationEvents{Client: mgr.GetClient(), Log: log.Named("violations")}
-	learner := &ProposalLearner{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Log: log.Named("learn")}
-	agentEvents := &AgentEventStream{Nodes: directory, Agents: pool, Origin: &EventOrigin{Reader: mgr.GetClient()},
-		Sinks: []ExecEventSink{violations, learner}, Log: log.Named("agent-events")}
-	if err := errors.Join(mgr.Add(violations), mgr.Add(learner), mgr.Add(agentEvents)); err != nil {
+	violationEvents := &violations.ViolationEvents{Client: mgr.GetClient(), Log: log.Named("violations")}
+	learner := &learn.ProposalLearner{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Log: log.Named("learn")}
+	agentEvents := &agents.AgentEventStream{Nodes: directory, Agents: pool, Origin: &agents.EventOrigin{Reader: mgr.GetClient()},
+		Sinks: []agents.ExecEventSink{violationEvents, learner}, Log: log.Named("agent-events")}
+	if err := errors.Join(mgr.Add(violationEvents), mgr.Add(learner), mgr.Add(agentEvents)); err != nil {
 		return fmt.Errorf("agent event stream: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

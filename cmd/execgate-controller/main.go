@@ -1,5 +1,6 @@
 // Command execgate-controller runs execgate's admission webhooks (pods/binding, pods) and
-// the WorkloadPolicy reconciler. Everything but flag parsing lives in package webhook.
+// the WorkloadPolicy reconciler. Everything but flag parsing lives in package webhook
+// (webhook.Run wires its subpackages).
 package main
 
 import (
@@ -15,13 +16,14 @@ import (
 
 	"github.com/execgate/execgate/nodeagent/agentcert"
 	"github.com/execgate/execgate/webhook"
+	"github.com/execgate/execgate/webhook/binding"
 )
 
 func main() {
 	var cfg webhook.Config
 	fs := flag.NewFlagSet("execgate-controller", flag.ExitOnError)
 	fs.DurationVar(&cfg.PushTimeout, "push-timeout", 250*time.Millisecond, "deadline of one push to an agent; the webhook answers (allowed) when it expires")
-	fs.DurationVar(&cfg.LookupTimeout, "lookup-timeout", webhook.DefaultLookupTimeout, "deadline of the API read of a pod the cache does not have yet")
+	fs.DurationVar(&cfg.LookupTimeout, "lookup-timeout", binding.DefaultLookupTimeout, "deadline of the API read of a pod the cache does not have yet")
 	fs.DurationVar(&cfg.AnswerWithin, "answer-within", 1500*time.Millisecond, "bound of one whole admission decision (lookup, agent handshake, push); below the webhook's timeoutSeconds (0: none)")
 	fs.IntVar(&cfg.WebhookPort, "webhook-port", 9443, "port of the admission webhook server")
 	fs.StringVar(&cfg.WebhookCert, "webhook-cert-dir", "", "directory holding the webhook's tls.crt and tls.key")

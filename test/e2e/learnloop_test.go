@@ -21,8 +21,9 @@ import (
 
 	"github.com/execgate/execgate/api/v1alpha1"
 	"github.com/execgate/execgate/test/e2e/framework"
-	"github.com/execgate/execgate/webhook"
+	"github.com/execgate/execgate/webhook/learn"
 	"github.com/execgate/execgate/webhook/promote"
+	"github.com/execgate/execgate/webhook/violations"
 )
 
 // TestLearnPromoteLoop is the Learn -> promote -> Protect loop of
@@ -35,7 +36,7 @@ import (
 //     Protect policy under which new pods run the learnt binaries and are denied
 //     anything else;
 //  2. 1,000 identical denials in one pod are one Event on the pod with count 1,000
-//     (webhook.ViolationEvents' series) and add exactly 1,000 to the agent's
+//     (violations.ViolationEvents' series) and add exactly 1,000 to the agent's
 //     execgate_agent_violations_total.
 func TestLearnPromoteLoop(t *testing.T) {
 	env := startEnv(t, framework.Options{Nodes: 1})
@@ -53,9 +54,9 @@ func TestLearnPromoteLoop(t *testing.T) {
 	cat, id := bin(t, "cat"), bin(t, "id")
 
 	// A Learn policy needs no rules.
-	learn := &v1alpha1.WorkloadPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: policyName},
+	learnPolicy := &v1alpha1.WorkloadPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: policyName},
 		Spec: v1alpha1.WorkloadPolicySpec{Mode: v1alpha1.ModeLearn}}
-	if err := env.Client.Create(ctx, learn); err != nil {
+	if err := env.Client.Create(ctx, learnPolicy); err != nil {
 		t.Fatalf("create Learn policy: %v", err)
 	}
 
@@ -117,7 +118,7 @@ func TestLearnPromoteLoop(t *testing.T) {
 	want := []string{sleep, trueBin, uname, ls} // the container's own command and what was run
 	slices.Sort(want)
 
-	proposalName := webhook.ProposalName(v1alpha1.WorkloadReference{APIVersion: "apps/v1", Kind: "Deployment", Name: deployName})
+	proposalName := learn.ProposalName(v1alpha1.WorkloadReference{APIVersion: "apps/v1", Kind: "Deployment", Name: deployName})
 	if proposalName != "deployment-"+deployName {
 		t.Errorf("proposal name %q, documented as deployment-%s", proposalName, deployName)
 	}
@@ -142,7 +143,7 @@ func TestLearnPromoteLoop(t *testing.T) {
 		return true, "", nil
 	})
 	proposalLatency := time.Since(lastExec)
-	t.Logf("proposal %s complete %v after the last learnt exec (flush interval %v)", proposalName, proposalLatency.Round(time.Millisecond), webhook.DefaultLearnFlushInterval)
+	t.Logf("proposal %s complete %v after the last learnt exec (flush interval %v)", proposalName, proposalLatency.Round(time.Millisecond), learn.DefaultLearnFlushInterval)
 	if got := slices.Sorted(maps.Keys(proposal.Spec.RulesByContainer)); !slices.Equal(got, []string{"app"}) {
 		t.Errorf("proposal lists containers %v, want exactly [app]", got)
 	}
@@ -258,10 +259,10 @@ func TestLearnPromoteLoop(t *testing.T) {
 		}
 
 		// One series, one Event: created at the first violation, its count patched at
-		// most once per window (webhook.DefaultViolationWindow).
+		// most once per window (violations.DefaultViolationWindow).
 		var events []corev1.Event
 		// Documented: count 1,000 within a window of the burst; twice that on a loaded machine.
-		waitFor(t, 2*webhook.DefaultViolationWindow, "one Event of count 1,000 on "+burst.Name, func(ctx context.Context) (bool, string, error) {
+		waitFor(t, 2*violations.DefaultViolationWindow, "one Event of count 1,000 on "+burst.Name, func(ctx context.Context) (bool, string, error) {
 			var list corev1.EventList
 			if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
 				return false, err.Error(), nil
@@ -290,7 +291,7 @@ func TestLearnPromoteLoop(t *testing.T) {
 		if ev.Count != burstN {
 			t.Errorf("Event count %d, want %d", ev.Count, burstN)
 		}
-		if ev.Reason != webhook.ReasonExecDenied || ev.Type != corev1.EventTypeWarning || ev.InvolvedObject.UID != burst.UID ||
+		if ev.Reason != violations.ReasonExecDenied || ev.Type != corev1.EventTypeWarning || ev.InvolvedObject.UID != burst.UID ||
 			ev.InvolvedObject.FieldPath != "spec.containers{app}" || !strings.Contains(ev.Message, "exec of "+cat+" denied") {
 			t.Errorf("Event %s: reason %q type %q involved %+v message %q", ev.Name, ev.Reason, ev.Type, ev.InvolvedObject, ev.Message)
 		}

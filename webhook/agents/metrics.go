@@ -17,6 +17,10 @@ const (
 	OutcomeNoAgent Outcome = "no_agent" // no agent is known for the node
 )
 
+// LatencyBuckets are the buckets of the controller's latency histograms: pushes here,
+// admission answers in webhook/binding.
+var LatencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+
 // The metrics live in controller-runtime's registry, served on --metrics-addr. They are
 // package-level because a registry accepts each name once per process.
 var (
@@ -27,7 +31,7 @@ var (
 	pushDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "execgate_controller_push_duration_seconds",
 		Help:    "Duration of ApplyPodPolicy calls to node agents.",
-		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		Buckets: LatencyBuckets,
 	})
 	// agentEventStreams: agentstream.go. The dropped events are counted in eventorigin.go.
 	agentEventStreams = prometheus.NewGauge(prometheus.GaugeOpts{

@@ -33,7 +33,7 @@ var (
 	webhookDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "execgate_controller_webhook_duration_seconds",
 		Help:    "Time to answer one admission request, by webhook (binding, pods).",
-		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		Buckets: agents.LatencyBuckets,
 	}, []string{"webhook"})
 	writableRootPodsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "execgate_controller_writable_root_pods_total",

@@ -72,14 +72,17 @@ func stalledHandshakes(t *testing.T) string {
 // the push (up to PushTimeout); each stage has its own timeout, so a slow lookup followed
 // by a hanging handshake took their sum. AnswerWithin bounds the whole decision, whatever
 // the stages take. Before: the first case answered after lookup + push timeout (>= 750 ms
-// against a 500 ms bound).
+// against a 500 ms bound; the durations are now four times those).
 func TestFailOpenBudgetCoversLookupAndHandshake(t *testing.T) {
 	const (
-		lookupTimeout = 400 * time.Millisecond
-		pushTimeout   = 400 * time.Millisecond
-		answerWithin  = 500 * time.Millisecond
-		// Scheduling noise of a loaded 2-core machine; far below what a stage would add.
-		slack = 150 * time.Millisecond
+		// Seconds, not milliseconds: under CI's load (two test packages per core) a
+		// correct answer was seen 480 ms late; the bound and the old sum of stages stay
+		// apart by more than that noise (2.8 s against >= 3 s).
+		lookupTimeout = 1600 * time.Millisecond
+		pushTimeout   = 1600 * time.Millisecond
+		answerWithin  = 2 * time.Second
+		// Scheduling noise of a loaded 2-core machine; less than what a stage would add.
+		slack = 800 * time.Millisecond
 	)
 	fleet := webhooktest.NewFleet(t)
 	fleet.Start(t, "node-ok", 0)
@@ -111,13 +114,13 @@ func TestFailOpenBudgetCoversLookupAndHandshake(t *testing.T) {
 		// within: the answer's bound; the stages' own timeouts would allow sumOfStages.
 		within, sumOfStages time.Duration
 	}{
-		{"slow lookup, then an agent whose TLS handshake hangs", "p1", "node-stalled", 350 * time.Millisecond, agents.OutcomeTimeout, answerWithin, 350*time.Millisecond + pushTimeout},
-		{"slow lookup, then an agent that never answers the push", "p2", "node-slow", 350 * time.Millisecond, agents.OutcomeTimeout, answerWithin, 350*time.Millisecond + pushTimeout},
+		{"slow lookup, then an agent whose TLS handshake hangs", "p1", "node-stalled", 1400 * time.Millisecond, agents.OutcomeTimeout, answerWithin, 1400*time.Millisecond + pushTimeout},
+		{"slow lookup, then an agent that never answers the push", "p2", "node-slow", 1400 * time.Millisecond, agents.OutcomeTimeout, answerWithin, 1400*time.Millisecond + pushTimeout},
 		{"lookup that never answers", "p3", "node-ok", time.Hour, agents.OutcomeError, answerWithin, lookupTimeout},
 		{"hanging handshake, fast lookup: the push timeout bounds it", "p4", "node-stalled", 0, agents.OutcomeTimeout, pushTimeout, pushTimeout},
 		// A first push to a node dials: TCP, TLS 1.3 with client certificates, then the
 		// call, all inside what the lookup left of the bound.
-		{"slow lookup, then the first push to a healthy agent, handshake included", "p5", "node-ok", 300 * time.Millisecond, agents.OutcomePushed, answerWithin, 300*time.Millisecond + pushTimeout},
+		{"slow lookup, then the first push to a healthy agent, handshake included", "p5", "node-ok", 1200 * time.Millisecond, agents.OutcomePushed, answerWithin, 1200*time.Millisecond + pushTimeout},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

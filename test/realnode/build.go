@@ -1,7 +1,7 @@
 package realnode
 
 import (
-	"bufio"
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -145,66 +145,87 @@ func copyTo(src, dst string) error {
 }
 
 // copyModules copies the named modules and what they depend on, decompressed,
-// into dst/lib/modules/<release>/ and returns them in load order (dependencies
-// first) as paths inside the VM.
+// into dst/usr/lib/modules/<release>/ (merged /usr: a lib directory in a later
+// archive would replace the /lib symlink, and the dynamic loader with it) and returns them in load order (dependencies
+// first) as paths inside the VM. An unconfigured kernel package has no
+// modules.dep (depmod runs in its postinst), so each module's dependencies are
+// read from its own .modinfo ("depends=a,b"); modules.order maps names to files.
 func copyModules(kdir, dst string, names []string) (release string, order []string, err error) {
-	deps, err := filepath.Glob(filepath.Join(kdir, "usr/lib/modules/*/modules.dep"))
-	if err != nil || len(deps) != 1 {
-		return "", nil, fmt.Errorf("kernel package %s: want one modules.dep, found %v", kdir, deps)
+	orders, err := filepath.Glob(filepath.Join(kdir, "usr/lib/modules/*/modules.order"))
+	if err != nil || len(orders) != 1 {
+		return "", nil, fmt.Errorf("kernel package %s: want one modules.order, found %v", kdir, orders)
 	}
-	modDir := filepath.Dir(deps[0])
+	modDir := filepath.Dir(orders[0])
 	release = filepath.Base(modDir)
-	f, err := os.Open(deps[0])
+	list, err := os.ReadFile(orders[0])
 	if err != nil {
 		return "", nil, err
 	}
-	defer f.Close()
-	byName := map[string][]string{} // module name -> [its file, deps' files...]
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		file, rest, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
+	files := map[string]string{} // module name -> file under modDir
+	for _, line := range strings.Fields(string(list)) {
+		f := line
+		if _, err := os.Stat(filepath.Join(modDir, f+".xz")); err == nil {
+			f += ".xz"
 		}
-		byName[moduleName(file)] = append([]string{file}, strings.Fields(rest)...)
-	}
-	if err := sc.Err(); err != nil {
-		return "", nil, err
+		files[moduleName(line)] = f
 	}
 	seen := map[string]bool{}
-	var visit func(file string) error
-	visit = func(file string) error {
-		if seen[file] {
+	var visit func(name string) error
+	visit = func(name string) error {
+		if seen[name] {
 			return nil
 		}
-		seen[file] = true
-		entry := byName[moduleName(file)]
-		for _, d := range entry[1:] {
-			if err := visit(d); err != nil {
-				return err
-			}
+		seen[name] = true
+		file, ok := files[name]
+		if !ok {
+			return fmt.Errorf("kernel %s has no module %s (built in? then drop it from nodeModules)", release, name)
 		}
-		out := filepath.Join(dst, "lib/modules", release, strings.TrimSuffix(filepath.Base(file), ".xz"))
+		out := filepath.Join(dst, "usr/lib/modules", release, strings.TrimSuffix(filepath.Base(file), ".xz"))
 		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 			return err
 		}
 		if err := decompress(filepath.Join(modDir, file), out); err != nil {
 			return err
 		}
+		deps, err := moduleDepends(out)
+		if err != nil {
+			return err
+		}
+		for _, d := range deps {
+			if err := visit(d); err != nil {
+				return fmt.Errorf("%s needs %w", name, err)
+			}
+		}
 		order = append(order, strings.TrimPrefix(out, dst))
 		return nil
 	}
 	for _, n := range names {
-		entry, ok := byName[n]
-		if !ok {
-			return "", nil, fmt.Errorf("kernel %s has no module %s (built in? then drop it from nodeModules)", release, n)
-		}
-		if err := visit(entry[0]); err != nil {
+		if err := visit(n); err != nil {
 			return "", nil, err
 		}
 	}
 	return release, order, nil
+}
+
+// moduleDepends reads "depends=" from a decompressed module's .modinfo strings.
+func moduleDepends(ko string) ([]string, error) {
+	data, err := os.ReadFile(ko)
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.Index(data, []byte("\x00depends="))
+	if i < 0 {
+		return nil, fmt.Errorf("module %s has no depends= in its modinfo", ko)
+	}
+	rest := data[i+len("\x00depends="):]
+	val, _, _ := bytes.Cut(rest, []byte{0})
+	var deps []string
+	for d := range strings.SplitSeq(string(val), ",") {
+		if d != "" {
+			deps = append(deps, moduleName(d))
+		}
+	}
+	return deps, nil
 }
 
 // moduleName is the module's name from its file: kernel/fs/overlayfs/overlay.ko.xz -> overlay.

@@ -55,15 +55,21 @@ $B ip addr add %[2]s/30 dev eth0
 $B ip route add default via %[3]s
 echo 1 > /proc/sys/net/ipv4/ip_forward
 echo "+cpuset +cpu +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control || fail cgroup controllers
-$B mkdir -p /var/lib/containerd /var/lib/kubelet /var/log/pods /run/containerd /var/run/nri /tmp /root
+$B mkdir -p /var/lib/containerd /var/lib/kubelet /var/log/pods /var/log /run/containerd /var/run/nri /tmp /root
 $B chmod 1777 /tmp
 echo "REALNODE network $($B ip -4 -o addr show dev eth0)"
 containerd --config /etc/containerd/config.toml >/var/log/containerd.log 2>&1 &
 i=0
 until [ -S /run/containerd/containerd.sock ]; do
-	i=$((i+1)); [ $i -gt 300 ] && { fail containerd; $B cat /var/log/containerd.log; break; }
+	i=$((i+1))
+	if [ $i -gt 600 ]; then
+		$B ps; $B ls -la /run/containerd /var/log; $B cat /var/log/containerd.log
+		fail containerd socket not there after 120 s
+		break
+	fi
 	$B sleep 0.2
 done
+echo "REALNODE containerd socket after $((i/5)) s"
 for img in /images/*.tar; do
 	ctr -n k8s.io images import "$img" >/dev/null || fail import $img
 done

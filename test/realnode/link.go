@@ -10,10 +10,13 @@ import (
 	"sync"
 )
 
-// Link is the host side of a node's network: a tap device on a link-local /30
-// (169.254.96.0/22, apart from the simulated nodes' 169.254.100.0/22) and a
-// forwarder from the host address to the API server's loopback address. The
-// VM reaches nothing else: no route leaves the /30 on the host side.
+// Link is the host side of a node's network: a tap device on a /30 of
+// 198.18.0.0/22 (RFC 2544's benchmarking range: nothing routes it; the kubelet
+// refuses a link-local node address, so the simulated nodes' 169.254.0.0/16
+// would leave the Node without an InternalIP and the API server without a way
+// to the kubelet) and a forwarder from the host address to the API server's
+// loopback address. The VM reaches nothing else: no route leaves the /30 on
+// the host side.
 type Link struct {
 	Tap    string
 	HostIP string
@@ -35,19 +38,22 @@ func NewLink(apiserver string) (_ *Link, err error) {
 	}
 	idx := -1
 	for i := range 256 {
-		host := fmt.Sprintf("169.254.%d.%d", 96+i/64, i%64*4+1)
+		host := fmt.Sprintf("198.18.%d.%d", i/64, i%64*4+1)
+		if _, err := net.InterfaceByName(fmt.Sprintf("egrn%d", i)); err == nil {
+			continue // another test's, or left by a killed one
+		}
 		if !ips[host] {
 			idx = i
 			break
 		}
 	}
 	if idx < 0 {
-		return nil, errors.New("real node: no free /30 in 169.254.96.0/22")
+		return nil, errors.New("real node: no free /30 in 198.18.0.0/22")
 	}
 	l := &Link{
 		Tap:    fmt.Sprintf("egrn%d", idx),
-		HostIP: fmt.Sprintf("169.254.%d.%d", 96+idx/64, idx%64*4+1),
-		NodeIP: fmt.Sprintf("169.254.%d.%d", 96+idx/64, idx%64*4+2),
+		HostIP: fmt.Sprintf("198.18.%d.%d", idx/64, idx%64*4+1),
+		NodeIP: fmt.Sprintf("198.18.%d.%d", idx/64, idx%64*4+2),
 		conns:  map[net.Conn]struct{}{},
 	}
 	if err := ip("tuntap", "add", "dev", l.Tap, "mode", "tap"); err != nil {

@@ -32,7 +32,9 @@ func startNode(t *testing.T) (*cluster.Cluster, *Node) {
 	if os.Geteuid() != 0 {
 		testenv.Need(t, cluster.RequireE2EEnv, "root (tap device, qemu)")
 	}
-	c := cluster.Start(t, cluster.Options{})
+	// The API server reaches the kubelet (exec, logs) at the node's InternalIP: no
+	// resolver here knows the node's hostname, which it would try first.
+	c := cluster.Start(t, cluster.Options{ExtraAPIServerArgs: []string{"--kubelet-preferred-address-types=InternalIP"}})
 	repo, err := cluster.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +113,44 @@ func startNode(t *testing.T) (*cluster.Cluster, *Node) {
 		return false, nil
 	})
 	t.Logf("node Ready %v after boot", time.Since(boot).Round(time.Millisecond))
+	// The kubelet registers with the not-ready taint, which kube-controller-manager's
+	// node lifecycle controller lifts once the node is Ready. This control plane runs
+	// no controller manager, so the test does that controller's job, for this node only.
+	waitFor(t, ctx, "not-ready taint lifted", func() (bool, error) {
+		n, err := c.Client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		kept := n.Spec.Taints[:0]
+		for _, taint := range n.Spec.Taints {
+			if taint.Key != corev1.TaintNodeNotReady {
+				kept = append(kept, taint)
+			}
+		}
+		if len(kept) == len(n.Spec.Taints) {
+			return true, nil
+		}
+		n.Spec.Taints = kept
+		_, err = c.Client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+		return err == nil, err
+	})
+	n, err := c.Client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addr := internalIP(n); addr != link.NodeIP {
+		t.Fatalf("node InternalIP %q, want %s (addresses %v)", addr, link.NodeIP, n.Status.Addresses)
+	}
 	return c, node
+}
+
+func internalIP(n *corev1.Node) string {
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			return a.Address
+		}
+	}
+	return ""
 }
 
 func waitFor(t *testing.T, ctx context.Context, what string, ok func() (bool, error)) {

@@ -368,7 +368,11 @@ func chartControllerRole(t *testing.T, ctx context.Context) *rbacv1.ClusterRole 
 	if _, err := os.Stat(helm); err != nil {
 		testenv.Need(t, cluster.RequireE2EEnv, fmt.Sprintf("helm (missing in %s: run `make tools`)", dir))
 	}
-	out, err := exec.CommandContext(ctx, helm, "template", "execgate", "../deploy/helm/execgate", "--namespace", "execgate-system",
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(ctx, helm, "template", "execgate", filepath.Join(root, "deploy/helm/execgate"), "--namespace", "execgate-system",
 		"--show-only", "templates/controller-rbac.yaml").Output()
 	if err != nil {
 		t.Fatalf("helm template: %v", err)

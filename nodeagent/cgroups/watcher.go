@@ -401,6 +401,12 @@ func (s *watchState) scheduleResync(now time.Time) time.Time {
 func (s *watchState) resync() error {
 	s.resyncAt = time.Time{}
 	s.resyncBackoff = min(2*s.resyncBackoff, resyncMax)
+	return s.rescan()
+}
+
+// rescan rebuilds the parent watches and reconciles every QoS directory and
+// tracked pod with the filesystem: after a resync timer or a queue overflow.
+func (s *watchState) rescan() error {
 	if err := s.ensureParents(); err != nil {
 		return err
 	}
@@ -789,15 +795,7 @@ func (s *watchState) handle(wd int32, mask uint32, name string) error {
 	if mask&unix.IN_Q_OVERFLOW != 0 {
 		// Events were dropped: rebuild from the filesystem.
 		s.overflows++
-		if err := s.ensureParents(); err != nil {
-			return err
-		}
-		for _, tp := range s.pods {
-			if err := s.reconcilePod(tp); err != nil {
-				return err
-			}
-		}
-		return nil
+		return s.rescan()
 	}
 	wt, ok := s.watches[wd]
 	if !ok {

@@ -3,11 +3,11 @@ package realnode
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os/exec"
 	"strings"
-	"sync"
+
+	"github.com/execgate/execgate/test/e2e/forward"
 )
 
 // Link is the host side of a node's network: a tap device on a /30 of
@@ -24,10 +24,7 @@ type Link struct {
 	// APIServer is the address the node's kubelet dials (host side of the tap).
 	APIServer string
 
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	fwd *forward.Forwarder
 }
 
 // NewLink creates the tap and the forwarder to apiserver (host:port).
@@ -54,7 +51,6 @@ func NewLink(apiserver string) (_ *Link, err error) {
 		Tap:    fmt.Sprintf("egrn%d", idx),
 		HostIP: fmt.Sprintf("198.18.%d.%d", idx/64, idx%64*4+1),
 		NodeIP: fmt.Sprintf("198.18.%d.%d", idx/64, idx%64*4+2),
-		conns:  map[net.Conn]struct{}{},
 	}
 	if err := ip("tuntap", "add", "dev", l.Tap, "mode", "tap"); err != nil {
 		return nil, err
@@ -70,57 +66,18 @@ func NewLink(apiserver string) (_ *Link, err error) {
 	if err := ip("link", "set", l.Tap, "up"); err != nil {
 		return nil, err
 	}
-	l.ln, err = net.Listen("tcp", net.JoinHostPort(l.HostIP, "0"))
+	ln, err := net.Listen("tcp", net.JoinHostPort(l.HostIP, "0"))
 	if err != nil {
 		return nil, fmt.Errorf("real node: listen on the tap's address: %w", err)
 	}
-	l.APIServer = l.ln.Addr().String()
-	l.wg.Add(1)
-	go l.forward(apiserver)
+	l.APIServer = ln.Addr().String()
+	l.fwd = forward.Start(ln, apiserver)
 	return l, nil
-}
-
-func (l *Link) forward(to string) {
-	defer l.wg.Done()
-	for {
-		c, err := l.ln.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", to)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		l.mu.Lock()
-		l.conns[c], l.conns[up] = struct{}{}, struct{}{}
-		l.mu.Unlock()
-		l.wg.Add(2)
-		pipe := func(dst, src net.Conn) {
-			defer l.wg.Done()
-			_, _ = io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-			l.mu.Lock()
-			delete(l.conns, dst)
-			delete(l.conns, src)
-			l.mu.Unlock()
-		}
-		go pipe(c, up)
-		go pipe(up, c)
-	}
 }
 
 // Close stops the forwarder and deletes the tap.
 func (l *Link) Close() error {
-	err := l.ln.Close()
-	l.mu.Lock()
-	for c := range l.conns {
-		c.Close()
-	}
-	l.mu.Unlock()
-	l.wg.Wait()
-	return errors.Join(err, ip("link", "del", l.Tap))
+	return errors.Join(l.fwd.Close(), ip("link", "del", l.Tap))
 }
 
 func ip(args ...string) error {

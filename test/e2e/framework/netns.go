@@ -3,7 +3,6 @@ package framework
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/execgate/execgate/test/e2e/forward"
 )
 
 // nodeNetwork is a simulated node's own network: a network namespace the agent
@@ -29,10 +30,7 @@ type nodeNetwork struct {
 	hostAddr  string // host side of the veth
 	agentAddr string // namespace side: the agent listens here
 
-	fwd     net.Listener // inside the namespace, to the API server
-	fwdWG   sync.WaitGroup
-	closeMu sync.Mutex
-	conns   map[net.Conn]struct{}
+	fwd *forward.Forwarder // inside the namespace, to the API server
 }
 
 // networkSeq numbers this process's node networks; with the pid it keeps names
@@ -67,7 +65,6 @@ func newNodeNetwork(apiserver string) (_ *nodeNetwork, err error) {
 		hostIf:    "egh" + id, // interface names: 15 bytes at most
 		hostAddr:  fmt.Sprintf("169.254.%d.%d", subnet/64, subnet%64*4+1),
 		agentAddr: fmt.Sprintf("169.254.%d.%d", subnet/64, subnet%64*4+2),
-		conns:     map[net.Conn]struct{}{},
 	}
 	defer func() {
 		if err != nil {
@@ -93,11 +90,11 @@ func newNodeNetwork(apiserver string) (_ *nodeNetwork, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("API server URL %q: %w", apiserver, err)
 	}
-	if n.fwd, err = n.listenInside("tcp", u.Host); err != nil {
+	ln, err := n.listenInside("tcp", u.Host)
+	if err != nil {
 		return nil, fmt.Errorf("forwarder to the API server in %s: %w", n.name, err)
 	}
-	n.fwdWG.Add(1)
-	go n.forward(u.Host)
+	n.fwd = forward.Start(ln, u.Host) // dialled from the host's namespace
 	return n, nil
 }
 
@@ -165,39 +162,6 @@ func (n *nodeNetwork) listenInside(network, addr string) (net.Listener, error) {
 	return ln, lerr
 }
 
-// forward relays connections made inside the namespace to target, dialled
-// from the host's namespace.
-func (n *nodeNetwork) forward(target string) {
-	defer n.fwdWG.Done()
-	for {
-		c, err := n.fwd.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		n.closeMu.Lock()
-		n.conns[c], n.conns[up] = struct{}{}, struct{}{}
-		n.closeMu.Unlock()
-		n.fwdWG.Add(2)
-		pipe := func(dst, src net.Conn) {
-			defer n.fwdWG.Done()
-			_, _ = io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-			n.closeMu.Lock()
-			delete(n.conns, dst)
-			delete(n.conns, src)
-			n.closeMu.Unlock()
-		}
-		go pipe(up, c)
-		go pipe(c, up)
-	}
-}
-
 // setDown cuts (true) or restores (false) the veth between host and node.
 func (n *nodeNetwork) setDown(down bool) error {
 	state := "up"
@@ -210,13 +174,7 @@ func (n *nodeNetwork) setDown(down bool) error {
 // close removes the namespace, which destroys the veth pair.
 func (n *nodeNetwork) close() error {
 	if n.fwd != nil {
-		n.fwd.Close()
-		n.closeMu.Lock()
-		for c := range n.conns {
-			c.Close()
-		}
-		n.closeMu.Unlock()
-		n.fwdWG.Wait()
+		_ = n.fwd.Close()
 	}
 	_ = ipCmd("link", "del", n.hostIf) // gone already if the namespace went first
 	if err := ipCmd("netns", "del", n.name); err != nil && !strings.Contains(err.Error(), "No such file") {

@@ -89,11 +89,14 @@ func Build(cfg Config) (*Built, error) {
 		return nil, err
 	}
 	pause := filepath.Join(dir, "pause")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", pause, "./test/realnode/pause")
-	build.Dir = cfg.Repo
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build pause: %w\n%s", err, out)
+	agent := filepath.Join(extra, "usr/bin/execgate-agent")
+	for out, pkg := range map[string]string{pause: "./test/realnode/pause", agent: "./cmd/execgate-agent"} {
+		build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+		build.Dir = cfg.Repo
+		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
+		if msg, err := build.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("build %s: %w\n%s", pkg, err, msg)
+		}
 	}
 	busyboxDir, err := apt.Unpack(findPackage(m.Userland[arch], "busybox-static"))
 	if err != nil {

@@ -116,11 +116,13 @@ func layerOf(files []imageFile) (v1.Layer, error) {
 }
 
 // busyboxApplets are linked to busybox in the test image.
-var busyboxApplets = []string{"sh", "sleep", "cat", "echo", "id", "ls", "true", "false", "cp", "chmod", "wget"}
+var busyboxApplets = []string{"sh", "sleep", "cat", "echo", "ls", "true", "false", "cp", "chmod", "wget"}
 
-// testImageFiles: busybox and its applets.
+// testImageFiles: busybox and its applets, and /bin/id as a copy of busybox: an
+// allowlist names the file an exec resolves to, so a policy allowing
+// /bin/busybox allows every linked applet and still refuses /bin/id.
 func testImageFiles(busybox string) []imageFile {
-	files := []imageFile{{Path: "bin/busybox", Src: busybox, Mode: 0o755}}
+	files := []imageFile{{Path: "bin/busybox", Src: busybox, Mode: 0o755}, {Path: "bin/id", Src: busybox, Mode: 0o755}}
 	for _, a := range busyboxApplets {
 		files = append(files, imageFile{Path: "bin/" + a, Link: "busybox"})
 	}

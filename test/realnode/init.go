@@ -74,12 +74,34 @@ for img in /images/*.tar; do
 	ctr -n k8s.io images import "$img" >/dev/null || fail import $img
 done
 echo "REALNODE containerd ready"
-kubelet --config=/etc/kubelet/config.yaml --kubeconfig=/etc/kubelet/kubeconfig \
+%[4]skubelet --config=/etc/kubelet/config.yaml --kubeconfig=/etc/kubelet/kubeconfig \
 	--hostname-override=%[1]s --node-ip=%[2]s >/var/log/kubelet.log 2>&1 &
 echo "REALNODE kubelet started"
 exec $B tail -n +1 -F /var/log/kubelet.log /var/log/containerd.log
-`, nc.Name, nc.Link.NodeIP, nc.Link.HostIP)
+`, nc.Name, nc.Link.NodeIP, nc.Link.HostIP, agentStart(nc.Agent))
 	return s.String()
+}
+
+// agentStart starts the agent and waits for its /readyz (health address
+// 127.0.0.1:9091, the agent's default port) before the kubelet comes up.
+func agentStart(a *AgentConfig) string {
+	if a == nil {
+		return ""
+	}
+	quoted := make([]string, len(a.Args))
+	for i, arg := range a.Args {
+		quoted[i] = "'" + strings.ReplaceAll(arg, "'", `'\''`) + "'"
+	}
+	return `execgate-agent ` + strings.Join(quoted, " ") + ` >/var/log/agent.log 2>&1 &
+i=0
+until $B wget -q -O /dev/null http://127.0.0.1:9091/readyz; do
+	i=$((i+1))
+	if [ $i -gt 300 ]; then $B cat /var/log/agent.log; fail agent not ready after 300 s; break; fi
+	$B sleep 1
+done
+echo "REALNODE agent ready after ${i} s"
+$B tail -n +1 -F /var/log/agent.log &
+`
 }
 
 // containerdConfig: CRI with runc (cgroupfs, as the kubelet), the local

@@ -22,8 +22,17 @@ type NodeConfig struct {
 	Kubeconfig []byte // the kubelet's, pointing at the host side of the link
 	Link       *Link
 	Log        io.Writer // the VM's console, also kept in the node's log file
-	MemMB      int
-	CPUs       int
+	// Agent, when set, runs execgate-agent on the node before the kubelet starts.
+	Agent *AgentConfig
+	MemMB int
+	CPUs  int
+}
+
+// AgentConfig is the node agent's command line and the files it names
+// (path in the VM -> content).
+type AgentConfig struct {
+	Args  []string
+	Files map[string][]byte
 }
 
 // Node is a running VM.
@@ -62,6 +71,11 @@ func (b *Built) Boot(ctx context.Context, nc NodeConfig) (*Node, error) {
 		"etc/hosts":                          "127.0.0.1 localhost\n",
 		"etc/machine-id":                     machineID(nc.Name) + "\n",
 		"stage2":                             stage2(b, nc),
+	}
+	if nc.Agent != nil {
+		for name, body := range nc.Agent.Files {
+			files[strings.TrimPrefix(name, "/")] = string(body)
+		}
 	}
 	for name, body := range files {
 		p := filepath.Join(stage, name)

@@ -27,7 +27,8 @@ import (
 const nodeName = "realnode-0"
 
 // startNode starts a control plane on the host and the real node VM joined to it.
-func startNode(t *testing.T) (*cluster.Cluster, *Node) {
+// agent, when not nil, configures the node's agent.
+func startNode(t *testing.T, agent func(*testing.T, *cluster.Cluster, *Link) *AgentConfig) (*cluster.Cluster, *Node) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		testenv.Need(t, cluster.RequireE2EEnv, "root (tap device, qemu)")
@@ -78,8 +79,12 @@ func startNode(t *testing.T) (*cluster.Cluster, *Node) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	nc := NodeConfig{Name: nodeName, Kubeconfig: kcData, Link: link}
+	if agent != nil {
+		nc.Agent = agent(t, c, link)
+	}
 	boot := time.Now()
-	node, err := built.Boot(context.Background(), NodeConfig{Name: nodeName, Kubeconfig: kcData, Link: link})
+	node, err := built.Boot(context.Background(), nc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +182,7 @@ func waitFor(t *testing.T, ctx context.Context, what string, ok func() (bool, er
 // (nothing can be pulled), and `kubectl exec` reaches it through the API
 // server and the kubelet's streaming server.
 func TestRealNodeRunsAPod(t *testing.T) {
-	c, _ := startNode(t)
+	c, _ := startNode(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	const ns = "realnode"

@@ -18,6 +18,7 @@ type Config struct {
 	BuildDir string // the kernel matrix's build directory: the apt cache is shared
 	BinDir   string // holds kubelet (make tools)
 	Row      string // the matrix row whose kernel the node boots
+	Agent    bool   // also build execgate-agent into the image (/usr/bin)
 	Log      func(format string, args ...any)
 }
 
@@ -90,7 +91,11 @@ func Build(cfg Config) (*Built, error) {
 	}
 	pause := filepath.Join(dir, "pause")
 	agent := filepath.Join(extra, "usr/bin/execgate-agent")
-	for out, pkg := range map[string]string{pause: "./test/realnode/pause", agent: "./cmd/execgate-agent"} {
+	progs := map[string]string{pause: "./test/realnode/pause"}
+	if cfg.Agent {
+		progs[agent] = "./cmd/execgate-agent"
+	}
+	for out, pkg := range progs {
 		build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
 		build.Dir = cfg.Repo
 		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)

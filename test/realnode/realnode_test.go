@@ -45,7 +45,7 @@ func startNode(t *testing.T, agent func(*testing.T, *cluster.Cluster, *Link) *Ag
 		t.Fatal(err)
 	}
 	start := time.Now()
-	built, err := Build(Config{Repo: repo, BuildDir: filepath.Join(repo, ".build", "kernels"), BinDir: bin, Row: "6.12", Log: t.Logf})
+	built, err := Build(Config{Repo: repo, BuildDir: filepath.Join(repo, ".build", "kernels"), BinDir: bin, Row: "6.12", Agent: agent != nil, Log: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}

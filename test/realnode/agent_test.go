@@ -17,14 +17,12 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -44,17 +42,7 @@ func agentConfig(t *testing.T, c *cluster.Cluster, link *Link) *AgentConfig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kc, err := clientcmd.LoadFromFile(c.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, cl := range kc.Clusters {
-		cl.Server, cl.TLSServerName = "https://"+link.APIServer, "localhost"
-	}
-	kcData, err := clientcmd.Write(*kc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kcData := kubeconfigVia(t, c.Kubeconfig, link)
 	return &AgentConfig{
 		Args: []string{
 			"--node-name=" + nodeName, "--grpc-addr=" + link.NodeIP + ":9443",
@@ -139,33 +127,9 @@ func TestRealNodeProtectDeniesExec(t *testing.T) {
 	if err := cl.Create(ctx, policy); err != nil {
 		t.Fatal(err)
 	}
-	no := false
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: ns, Labels: map[string]string{"execgate.io/policy": policy.Name}},
-		Spec: corev1.PodSpec{
-			AutomountServiceAccountToken: &no,
-			Containers: []corev1.Container{{
-				Name: "main", Image: TestImage, ImagePullPolicy: corev1.PullNever,
-				Command: []string{"/bin/sleep", "3600"},
-			}},
-		},
-	}
+	pod := sleeperPod(ns, map[string]string{"execgate.io/policy": policy.Name})
 	start := time.Now()
-	if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, ctx, "Protect pod Running", func() (bool, error) {
-		p, err := c.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		for _, st := range p.Status.ContainerStatuses {
-			if w := st.State.Waiting; w != nil && w.Message != "" {
-				t.Logf("container %s waiting: %s: %s", st.Name, w.Reason, w.Message)
-			}
-		}
-		return p.Status.Phase == corev1.PodRunning, nil
-	})
+	runPod(t, ctx, c, pod)
 	t.Logf("Protect pod Running %v after create", time.Since(start).Round(time.Millisecond))
 	if out, stderr, err := execIn(ctx, c, ns, pod.Name, "main", "/bin/echo", "allowed"); err != nil || strings.TrimSpace(out) != "allowed" {
 		t.Fatalf("allowed exec (echo, a link to busybox): %q, stderr %q, err %v", out, stderr, err)

@@ -67,18 +67,7 @@ func startNode(t *testing.T, agent func(*testing.T, *cluster.Cluster, *Link) *Ag
 	if err != nil {
 		t.Fatal(err)
 	}
-	kc, err := clientcmd.LoadFromFile(kcPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, cl := range kc.Clusters {
-		// The serving certificate names localhost; the node dials the tap's host side.
-		cl.Server, cl.TLSServerName = "https://"+link.APIServer, "localhost"
-	}
-	kcData, err := clientcmd.Write(*kc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kcData := kubeconfigVia(t, kcPath, link)
 	nc := NodeConfig{Name: nodeName, Kubeconfig: kcData, Link: link}
 	if agent != nil {
 		nc.Agent = agent(t, c, link)
@@ -149,6 +138,66 @@ func startNode(t *testing.T, agent func(*testing.T, *cluster.Cluster, *Link) *Ag
 	return c, node
 }
 
+// kubeconfigVia reads the kubeconfig at path and points it at the link's host
+// side; the serving certificate names localhost.
+func kubeconfigVia(t *testing.T, path string, link *Link) []byte {
+	t.Helper()
+	kc, err := clientcmd.LoadFromFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range kc.Clusters {
+		cl.Server, cl.TLSServerName = "https://"+link.APIServer, "localhost"
+	}
+	data, err := clientcmd.Write(*kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// sleeperPod runs /bin/sleep from the test image in container "main"; no
+// service account token (no controller publishes kube-root-ca.crt here).
+func sleeperPod(ns string, labels map[string]string) *corev1.Pod {
+	no := false
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: ns, Labels: labels},
+		Spec: corev1.PodSpec{
+			AutomountServiceAccountToken: &no,
+			Containers: []corev1.Container{{
+				Name: "main", Image: TestImage, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/bin/sleep", "3600"},
+			}},
+		},
+	}
+}
+
+// runPod creates pod and waits until it runs on the real node, logging why a
+// container waits.
+func runPod(t *testing.T, ctx context.Context, c *cluster.Cluster, pod *corev1.Pod) {
+	t.Helper()
+	if _, err := c.Client.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waited := map[string]bool{}
+	waitFor(t, ctx, "pod "+pod.Name+" Running", func() (bool, error) {
+		p, err := c.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		if p.Status.Phase == corev1.PodFailed {
+			return false, fmt.Errorf("pod failed: %s", p.Status.Message)
+		}
+		for _, st := range p.Status.ContainerStatuses {
+			if w := st.State.Waiting; w != nil && w.Message != "" && !waited[w.Message] {
+				waited[w.Message] = true
+				t.Logf("container %s waiting: %s: %s", st.Name, w.Reason, w.Message)
+			}
+		}
+		return p.Status.Phase == corev1.PodRunning && p.Spec.NodeName == nodeName, nil
+	})
+}
+
 func internalIP(n *corev1.Node) string {
 	for _, a := range n.Status.Addresses {
 		if a.Type == corev1.NodeInternalIP {
@@ -189,31 +238,9 @@ func TestRealNodeRunsAPod(t *testing.T) {
 	if err := c.CreateNamespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
-	no := false
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: ns},
-		Spec: corev1.PodSpec{
-			AutomountServiceAccountToken: &no,
-			Containers: []corev1.Container{{
-				Name: "main", Image: TestImage, ImagePullPolicy: corev1.PullNever,
-				Command: []string{"/bin/sleep", "3600"},
-			}},
-		},
-	}
+	pod := sleeperPod(ns, nil)
 	start := time.Now()
-	if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, ctx, "pod Running", func() (bool, error) {
-		p, err := c.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		if p.Status.Phase == corev1.PodFailed {
-			return false, fmt.Errorf("pod failed: %s", p.Status.Message)
-		}
-		return p.Status.Phase == corev1.PodRunning && p.Spec.NodeName == nodeName, nil
-	})
+	runPod(t, ctx, c, pod)
 	t.Logf("pod Running on %s %v after create", nodeName, time.Since(start).Round(time.Millisecond))
 
 	stdout, stderr, err := execIn(ctx, c, ns, pod.Name, "main", "/bin/id", "-u")

@@ -11,7 +11,7 @@ GOTEST_FLAGS ?= -count=1 -timeout 25m
 deps: ## install missing system packages (apt)
 	@missing=""; \
 	for p in clang:clang llvm-strip:llvm bpftool:bpftool protoc:protobuf-compiler ip:iproute2 \
-		qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm cpio:cpio dpkg-deb:dpkg; do \
+		qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm cpio:cpio dpkg-deb:dpkg xz:xz-utils; do \
 		command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; \
 	done; \
 	[ -f /usr/include/bpf/bpf_helpers.h ] || missing="$$missing libbpf-dev"; \

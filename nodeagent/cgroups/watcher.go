@@ -226,13 +226,14 @@ func (w *Watcher) Run(ctx context.Context) error {
 			}
 			// Under mu, and only with nothing pending: enqueue wakes under mu too, so
 			// this deadline cannot overwrite a wake-up for a change not yet taken.
+			var derr error
 			w.mu.Lock()
 			if len(w.pending) == 0 {
-				err = f.SetReadDeadline(at)
+				derr = f.SetReadDeadline(at)
 			}
 			w.mu.Unlock()
-			if err != nil {
-				return fmt.Errorf("cgroup watcher: %w", err)
+			if derr != nil {
+				return fmt.Errorf("cgroup watcher: %w", derr)
 			}
 			if ctx.Err() != nil { // cancelled before the deadline was set: its wake-up was overwritten
 				return nil
@@ -401,26 +402,14 @@ func (s *watchState) scheduleResync(now time.Time) time.Time {
 func (s *watchState) resync() error {
 	s.resyncAt = time.Time{}
 	s.resyncBackoff = min(2*s.resyncBackoff, resyncMax)
-	return s.rescan()
-}
-
-// rescan rebuilds the parent watches and reconciles every QoS directory and
-// tracked pod with the filesystem: after a resync timer or a queue overflow.
-func (s *watchState) rescan() error {
-	if err := s.ensureParents(); err != nil {
-		return err
-	}
-	for _, tp := range s.pods {
-		if err := s.reconcilePod(tp); err != nil {
-			return err
-		}
-	}
-	return nil
+	return s.ensureParents()
 }
 
 // ensureParents watches every existing directory on the way from the top of the
 // cgroup2 filesystem down to each QoS directory, drops parent watches no longer
-// needed, and reconciles the QoS directories with what was reported.
+// needed, and reconciles the QoS directories with what was reported: each listed pod
+// of interest through podSeen, which also reconciles a tracked pod's containers, so
+// this one call is the full rescan (queue overflow, resync timer).
 //
 // Watching the whole chain, top down, is what makes this race-free on cgroup2: a
 // directory is only watched after its parent is, so one created meanwhile raises
@@ -795,7 +784,7 @@ func (s *watchState) handle(wd int32, mask uint32, name string) error {
 	if mask&unix.IN_Q_OVERFLOW != 0 {
 		// Events were dropped: rebuild from the filesystem.
 		s.overflows++
-		return s.rescan()
+		return s.ensureParents()
 	}
 	wt, ok := s.watches[wd]
 	if !ok {

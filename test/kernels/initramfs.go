@@ -124,9 +124,9 @@ func InitScript(row Row, env map[string]string, bins []TestBinary) string {
 
 // initPreamble mounts what the tests need, exports env, prints the kernel
 // and LSM list and enters /tmp.
-// shellQuote quotes v as one word for sh: inside single quotes nothing is special but the
+// ShellQuote quotes v as one word for sh: inside single quotes nothing is special but the
 // quote itself, which is closed, escaped and reopened ("Debian's" broke /init once).
-func shellQuote(v string) string {
+func ShellQuote(v string) string {
 	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
 }
 
@@ -147,7 +147,7 @@ $B ip link set lo up
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp
 `)
 	for _, k := range slices.Sorted(maps.Keys(env)) {
-		fmt.Fprintf(&s, "export %s=%s\n", k, shellQuote(env[k]))
+		fmt.Fprintf(&s, "export %s=%s\n", k, ShellQuote(env[k]))
 	}
 	s.WriteString(`echo "VMKERNEL $($B uname -r) $($B uname -m)"
 echo "VMLSM $($B cat /sys/kernel/security/lsm)"

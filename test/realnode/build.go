@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/execgate/execgate/test/kernels"
@@ -103,7 +104,11 @@ func Build(cfg Config) (*Built, error) {
 			return nil, fmt.Errorf("build %s: %w\n%s", pkg, err, msg)
 		}
 	}
-	busyboxDir, err := apt.Unpack(findPackage(m.Userland[arch], "busybox-static"))
+	i := slices.IndexFunc(m.Userland[arch], func(p kernels.Package) bool { return p.Name == "busybox-static" })
+	if i < 0 {
+		return nil, fmt.Errorf("real node: the matrix's %s userland has no busybox-static (the test image's shell)", arch)
+	}
+	busyboxDir, err := apt.Unpack(m.Userland[arch][i])
 	if err != nil {
 		return nil, err
 	}
@@ -131,15 +136,6 @@ func Build(cfg Config) (*Built, error) {
 		return nil, err
 	}
 	return &Built{Kernel: kernel, Base: base, Dir: dir, Release: release, Modules: mods}, nil
-}
-
-func findPackage(ps []kernels.Package, name string) kernels.Package {
-	for _, p := range ps {
-		if p.Name == name {
-			return p
-		}
-	}
-	return kernels.Package{Name: name}
 }
 
 func copyTo(src, dst string) error {

@@ -3,6 +3,8 @@ package realnode
 import (
 	"fmt"
 	"strings"
+
+	"github.com/execgate/execgate/test/kernels"
 )
 
 // stage1 is the initramfs's /init: it copies the root into a tmpfs and
@@ -90,7 +92,7 @@ func agentStart(a *AgentConfig) string {
 	}
 	quoted := make([]string, len(a.Args))
 	for i, arg := range a.Args {
-		quoted[i] = "'" + strings.ReplaceAll(arg, "'", `'\''`) + "'"
+		quoted[i] = kernels.ShellQuote(arg)
 	}
 	return `execgate-agent ` + strings.Join(quoted, " ") + ` >/var/log/agent.log 2>&1 &
 i=0

@@ -6,4 +6,4 @@
 // nodeagent/enforcer.
 package bpf
 
-//go:generate go tool bpf2go -go-package bpf -target amd64,arm64 -type event -type binding -type exact_key -type prefix_key -type siphash_key -type counters -type mntns_pin -type gate_request -type gate_verdict -type stat -type mode -type action -type path_flags -type binding_flags Execgate execgate.bpf.c -- -O2 -g -Wall -Werror
+//go:generate go tool bpf2go -go-package bpf -target amd64,arm64 -type event -type binding -type exact_key -type prefix_key -type siphash_key -type counters -type mntns_pin -type file_id -type gate_request -type gate_verdict -type stat -type mode -type action -type path_flags -type binding_flags Execgate execgate.bpf.c -- -O2 -g -Wall -Werror

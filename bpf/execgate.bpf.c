@@ -136,6 +136,7 @@ enum stat {
 	STAT_UNTRUSTED,  /* executables without a trustworthy path */
 	STAT_SCRATCH_BUSY, /* every scratch slot of the CPU in use: decided closed, no event */
 	STAT_TWIN_DECIDED, /* a twin program had decided this exec already: see exec_stamp */
+	STAT_RUNTIME,    /* the container runtime re-executing itself: see runtime_reexec */
 	STAT_MAX,
 };
 
@@ -235,6 +236,24 @@ struct {
 	__uint(max_entries, 9216); /* resized by the loader (4 x --max-pods bindings) */
 } mntns_pins SEC(".maps");
 
+/*
+ * runtime_files: the node's container runtime executables (runc, crun) by
+ * inode, as the kernel names them (s_dev, i_ino). Written only from user
+ * space, which finds them on the host. See runtime_reexec.
+ */
+struct file_id {
+	__u64 ino;
+	__u32 dev;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct file_id);
+	__type(value, __u8);
+	__uint(max_entries, 64);
+} runtime_files SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -327,6 +346,8 @@ struct {
 
 /* Set by the loader before load; false on kernels without bpf_task_pt_regs. */
 const volatile bool have_task_pt_regs = false;
+/* The host's mount namespace (ns.inum), where the runtime runs; 0: none known. */
+const volatile __u32 runtime_mntns = 0;
 
 /* Anchors BTF for every type the Go side mirrors (bpf2go -type). */
 struct btf_anchor {
@@ -337,6 +358,7 @@ struct btf_anchor {
 	struct siphash_key c;
 	struct counters st;
 	struct mntns_pin mp;
+	struct file_id fi;
 	struct gate_request gr;
 	struct gate_verdict gv;
 	enum mode m;
@@ -716,6 +738,45 @@ static __always_inline bool foreign_mntns(__u64 cgroup_id, __u64 bound_id, __u32
 	return !pinned || pinned->mntns != mntns;
 }
 
+static __always_inline bool runtime_file(struct file *f)
+{
+	struct file_id id = {};
+
+	if (!f)
+		return false;
+	id.ino = BPF_CORE_READ(f, f_inode, i_ino);
+	id.dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+	return bpf_map_lookup_elem(&runtime_files, &id) != NULL;
+}
+
+/*
+ * runtime_reexec: is this exec the container runtime running a copy of
+ * itself, not the workload? runc joins the container's cgroup before its
+ * init re-executes a clone of the runc binary (a read-only bind mount of it,
+ * the same inode, or a sealed memfd copy: a file on no mounted tree), so
+ * that exec is under the pod's binding although the container has not
+ * started. It is exempt only when all hold:
+ *   - the task is in the host's mount namespace: before the container's
+ *     mount namespace exists. Every exec of the workload, the entrypoint
+ *     and `kubectl exec` included, happens in the container's own;
+ *   - the task or its parent runs a runtime executable (by inode), so only
+ *     the runtime's own processes qualify;
+ *   - the file is a runtime executable or has no path (PATH_DETACHED).
+ * crun does not re-execute itself: its entrypoint exec comes from the
+ * container's mount namespace and is checked. In exec_kill (HOW_COMMITTED)
+ * the task already runs the new file, so the task clause reads the file
+ * itself and a memfd copy passes only through the parent clause.
+ */
+static __always_inline bool runtime_reexec(struct task_struct *task, struct file *file, __u32 mntns, __u16 flags)
+{
+	if (!runtime_mntns || mntns != runtime_mntns)
+		return false;
+	if (!runtime_file(BPF_CORE_READ(task, mm, exe_file)) &&
+	    !runtime_file(BPF_CORE_READ(task, real_parent, mm, exe_file)))
+		return false;
+	return (flags & PATH_DETACHED) || runtime_file(file);
+}
+
 /*
  * decide returns -EPERM when task must not run file. In exec_kill mode
  * (HOW_COMMITTED) the exec already happened and the caller kills. The gate
@@ -731,7 +792,7 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 	struct siphash_key *key;
 	struct event *ev;
 	struct exact_key ek = {};
-	__u32 zero = 0, len, start = 0;
+	__u32 zero = 0, len, start = 0, mntns;
 	bool allowed = false, denied;
 	enum action action;
 	__u16 flags = 0;
@@ -751,7 +812,13 @@ static __always_inline int decide(struct scratch *s, struct task_struct *task, s
 	ev = &s->ev;
 
 	len = resolve_path(s, file, BPF_CORE_READ(task, nsproxy, mnt_ns, root), &flags, &start);
-	if (foreign_mntns(leaf_id, bound_id, BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum)))
+	mntns = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	/* before the pin: the runtime's exec must not pin the host's namespace */
+	if (runtime_reexec(task, file, mntns, flags)) {
+		count(STAT_RUNTIME);
+		return 0;
+	}
+	if (foreign_mntns(leaf_id, bound_id, mntns))
 		flags |= FOREIGN_MNTNS;
 	if (!(flags & PATH_UNTRUSTED)) {
 		ek.slot = bind.slot;

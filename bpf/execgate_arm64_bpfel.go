@@ -37,7 +37,7 @@ const (
 
 type ExecgateCounters struct {
 	_     structs.HostLayout
-	Count [9]uint64
+	Count [10]uint64
 }
 
 type ExecgateEvent struct {
@@ -75,6 +75,13 @@ type ExecgateExecStamp struct {
 	Ino    uint64
 	Dev    uint32
 	Ret    int32
+}
+
+type ExecgateFileId struct {
+	_   structs.HostLayout
+	Ino uint64
+	Dev uint32
+	Pad uint32
 }
 
 type ExecgateGateRequest struct {
@@ -154,7 +161,8 @@ const (
 	ExecgateStatSTAT_UNTRUSTED    ExecgateStat = 6
 	ExecgateStatSTAT_SCRATCH_BUSY ExecgateStat = 7
 	ExecgateStatSTAT_TWIN_DECIDED ExecgateStat = 8
-	ExecgateStatSTAT_MAX          ExecgateStat = 9
+	ExecgateStatSTAT_RUNTIME      ExecgateStat = 9
+	ExecgateStatSTAT_MAX          ExecgateStat = 10
 )
 
 // Names of all BPF objects in the ELF.
@@ -170,6 +178,7 @@ const (
 	ExecgateMapGateScratch        = "gate_scratch"
 	ExecgateMapMntnsPins          = "mntns_pins"
 	ExecgateMapPrefixRules        = "prefix_rules"
+	ExecgateMapRuntimeFiles       = "runtime_files"
 	ExecgateMapScratch            = "scratch"
 	ExecgateMapStats              = "stats"
 	ExecgateProgExecgateExecKill  = "execgate_exec_kill"
@@ -181,6 +190,7 @@ const (
 	ExecgateProgExecgateGate      = "execgate_gate"
 	ExecgateProgExecgateLsm       = "execgate_lsm"
 	ExecgateVarHaveTaskPtRegs     = "have_task_pt_regs"
+	ExecgateVarRuntimeMntns       = "runtime_mntns"
 	ExecgateVarUnusedBtfAnchor    = "unused_btf_anchor"
 )
 
@@ -249,6 +259,7 @@ type ExecgateMapSpecs struct {
 	GateScratch  *ebpf.MapSpec `ebpf:"gate_scratch"`
 	MntnsPins    *ebpf.MapSpec `ebpf:"mntns_pins"`
 	PrefixRules  *ebpf.MapSpec `ebpf:"prefix_rules"`
+	RuntimeFiles *ebpf.MapSpec `ebpf:"runtime_files"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 }
@@ -258,6 +269,7 @@ type ExecgateMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ExecgateVariableSpecs struct {
 	HaveTaskPtRegs  *ebpf.VariableSpec `ebpf:"have_task_pt_regs"`
+	RuntimeMntns    *ebpf.VariableSpec `ebpf:"runtime_mntns"`
 	UnusedBtfAnchor *ebpf.VariableSpec `ebpf:"unused_btf_anchor"`
 }
 
@@ -290,6 +302,7 @@ type ExecgateMaps struct {
 	GateScratch  *ebpf.Map `ebpf:"gate_scratch"`
 	MntnsPins    *ebpf.Map `ebpf:"mntns_pins"`
 	PrefixRules  *ebpf.Map `ebpf:"prefix_rules"`
+	RuntimeFiles *ebpf.Map `ebpf:"runtime_files"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 }
@@ -305,6 +318,7 @@ func (m *ExecgateMaps) Close() error {
 		m.GateScratch,
 		m.MntnsPins,
 		m.PrefixRules,
+		m.RuntimeFiles,
 		m.Scratch,
 		m.Stats,
 	)
@@ -315,6 +329,7 @@ func (m *ExecgateMaps) Close() error {
 // It can be passed to LoadExecgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ExecgateVariables struct {
 	HaveTaskPtRegs  *ebpf.Variable `ebpf:"have_task_pt_regs"`
+	RuntimeMntns    *ebpf.Variable `ebpf:"runtime_mntns"`
 	UnusedBtfAnchor *ebpf.Variable `ebpf:"unused_btf_anchor"`
 }
 

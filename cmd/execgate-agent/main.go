@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -44,6 +45,9 @@ func main() {
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for the backstop watch (empty = in-cluster, or no backstop)")
 	flag.DurationVar(&cfg.GCInterval, "gc-interval", 30*time.Second, "period of the sweep that drops dead cgroups and unused policies")
 	flag.DurationVar(&cfg.NodeStatusInterval, "node-status-interval", 30*time.Second, "shortest time between two ExecgateNode status writes that change only counters (pod and policy changes are written within seconds)")
+	flag.Func("runtime-executables", "comma-separated container runtimes whose re-exec of themselves in a container's cgroup is exempt: bare names (looked for in /usr/local/sbin, /usr/local/bin, /usr/sbin, /usr/bin, /sbin, /bin) or absolute host paths (default runc,crun)", listFlag(&cfg.RuntimeExecutables))
+	flag.StringVar(&cfg.HostRoot, "host-root", "", "where the host's files are seen (empty = /proc/1/root when readable, which hostPID gives, else /)")
+	flag.Func("sandbox-paths", "comma-separated executables a pod sandbox runs, allowed in every pod-level binding (default /pause)", listFlag(&cfg.SandboxPaths))
 	flag.BoolVar(&cleanup, "cleanup", false, "remove every pin in --bpffs (stops enforcement) and exit")
 	flag.Parse()
 
@@ -70,5 +74,19 @@ func main() {
 		stop()
 		_ = log.Sync()
 		os.Exit(1)
+	}
+}
+
+// listFlag sets *dst to a comma-separated list; an empty value is an empty
+// list (none), not the default.
+func listFlag(dst *[]string) func(string) error {
+	return func(s string) error {
+		*dst = []string{}
+		for _, v := range strings.Split(s, ",") {
+			if v = strings.TrimSpace(v); v != "" {
+				*dst = append(*dst, v)
+			}
+		}
+		return nil
 	}
 }

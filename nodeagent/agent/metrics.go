@@ -175,7 +175,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descMapMax, prometheus.GaugeValue, float64(m.MaxEntries), m.Name)
 		ch <- prometheus.MustNewConstMetric(descMapBytes, prometheus.GaugeValue, float64(m.Bytes), m.Name)
 	}
-	for _, action := range []string{"checked", "allowed", "learned", "reported", "denied", "untrusted", "scratch-busy", "twin-decided", "skipped"} {
+	for _, action := range []string{"checked", "allowed", "learned", "reported", "denied", "untrusted", "scratch-busy", "twin-decided", "runtime", "skipped"} {
 		ch <- prometheus.MustNewConstMetric(descDecisions, prometheus.CounterValue, float64(st.Counters[action]), action)
 	}
 	for stage, n := range map[string]uint64{"ring_buffer": st.Counters["dropped"], "reader": st.UserDrops, "subscriber": c.a.subs.dropped.Load()} {

@@ -58,6 +58,15 @@ type Config struct {
 	// StartupTaint is removed from this Node once the agent enforces every pod bound to
 	// it (StartupTaintRemover); "" removes none.
 	StartupTaint string
+	// RuntimeExecutables are the container runtimes (bare names or host
+	// paths) whose re-exec of themselves is exempt; HostRoot is where the
+	// host's files are seen ("" = /proc/1/root when readable, else /).
+	// nil: DefaultRuntimeExecutables, empty: none.
+	RuntimeExecutables []string
+	HostRoot           string
+	// SandboxPaths are what a pod sandbox runs (the pause entrypoint),
+	// allowed in every pod-level binding. nil: the defaults, empty: none.
+	SandboxPaths []string
 }
 
 func (c *Config) validate() error {
@@ -95,6 +104,12 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
+	if cfg.RuntimeExecutables == nil {
+		cfg.RuntimeExecutables = DefaultRuntimeExecutables
+	}
+	if cfg.SandboxPaths == nil {
+		cfg.SandboxPaths = DefaultSandboxPaths
+	}
 	base := log // New and the server add the node field themselves
 	log = log.With(zap.String("node", cfg.NodeName))
 	attach, err := enforcer.ParseAttachMode(cfg.AttachMode)
@@ -116,11 +131,21 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		PinDir: cfg.BPFFS, Attach: attach, Logger: log.Named("enforcer"),
 		MaxBindings: uint32(cfg.MaxPods * (1 + containersPerPod)), MaxExactEntries: uint32(cfg.MaxEntries),
 		MaxPrefixEntries: uint32(cfg.MaxPrefixEntries), NamespaceSharePercent: uint32(cfg.NamespaceSharePercent),
+		SandboxPaths: cfg.SandboxPaths,
 	})
 	if err != nil {
 		return fmt.Errorf("load enforcer: %w", err)
 	}
 	defer enf.Close()
+	hostRoot := cfg.HostRoot
+	if hostRoot == "" {
+		hostRoot = HostRoot(log)
+	}
+	runtimes := &RuntimeFiles{Enforcer: enf, Root: hostRoot, Names: cfg.RuntimeExecutables, Log: log.Named("runtime")}
+	if err := runtimes.Sync(); err != nil {
+		// Before any pod is served: a runtime that cannot be named would fail every container start.
+		return fmt.Errorf("--runtime-executables: %w", err)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -184,6 +209,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(ctx) })
+	g.Go(func() error { runtimes.Run(ctx, cfg.GCInterval); return nil })
 	if nodeStatus != nil {
 		g.Go(func() error { return nodeStatus.Run(ctx) })
 	}

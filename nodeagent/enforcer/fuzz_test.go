@@ -142,7 +142,7 @@ func FuzzPolicyVersion(f *testing.F) {
 				all[p] = true
 			}
 		}
-		slots := compileSlots(pv)
+		slots := compileSlots(pv, nil)
 		for name, c := range slots {
 			if !slices.IsSorted(c.exact) || !slices.IsSorted(c.prefixes) ||
 				slices.ContainsFunc(c.exact, execpath.IsPrefix) || slices.ContainsFunc(c.prefixes, func(p string) bool { return !execpath.IsPrefix(p) }) {

@@ -90,7 +90,16 @@ type Config struct {
 	NamespaceSharePercent uint32
 	// RingBufferBytes is the event ring size, a power of two >= page size.
 	RingBufferBytes uint32
-	Logger          *zap.Logger
+	// RuntimeMountNS is the mount namespace (the inode of /proc/PID/ns/mnt)
+	// the container runtime runs in, where its re-exec of itself is exempt
+	// (see runtime.go). 0: PID 1's, which is the host's for an agent with
+	// hostPID (the agent's own where PID 1's cannot be read).
+	RuntimeMountNS uint32
+	// SandboxPaths are the executables a pod sandbox runs (the pause
+	// image's entrypoint, "/pause"), allowed in every pod-level (union)
+	// slot: the sandbox starts before any container of the pod is known.
+	SandboxPaths []string
+	Logger       *zap.Logger
 }
 
 // Defaults for a node with up to 256 pods of 8 containers. A hash map's
@@ -141,8 +150,27 @@ func (c *Config) setDefaults() error {
 	if rb < uint32(os.Getpagesize()) || rb&(rb-1) != 0 {
 		return fmt.Errorf("ring buffer size %d must be a power of two of at least one page", rb)
 	}
+	for i, p := range c.SandboxPaths {
+		if err := ValidatePath(p); err != nil {
+			return fmt.Errorf("sandbox path[%d]: %w", i, err)
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
+	}
+	if c.RuntimeMountNS == 0 {
+		ns, err := MountNamespace(1)
+		if err != nil {
+			// PID 1 out of reach (another user namespace, no CAP_SYS_PTRACE):
+			// an agent on the host shares the runtime's namespace.
+			own, ownErr := MountNamespace(os.Getpid())
+			if ownErr != nil {
+				return fmt.Errorf("the runtime's mount namespace: PID 1's: %w; the agent's: %w", err, ownErr)
+			}
+			c.Logger.Warn("PID 1's mount namespace cannot be read: the runtime is taken to run in the agent's", zap.Error(err))
+			ns = own
+		}
+		c.RuntimeMountNS = ns
 	}
 	return nil
 }
@@ -152,7 +180,7 @@ func (c *Config) setDefaults() error {
 var pinned = []string{
 	bpf.ExecgateMapBindings, bpf.ExecgateMapExactRules, bpf.ExecgateMapPrefixRules,
 	bpf.ExecgateMapConfig, bpf.ExecgateMapStats, bpf.ExecgateMapEvents, bpf.ExecgateMapScratch,
-	bpf.ExecgateMapMntnsPins,
+	bpf.ExecgateMapMntnsPins, bpf.ExecgateMapRuntimeFiles,
 }
 
 const (
@@ -172,6 +200,7 @@ type Enforcer struct {
 	refused []AttachRefusal
 
 	coll     *ebpf.Collection
+	runtime  *ebpf.Map // runtime_files: see runtime.go
 	bindings *ebpf.Map
 	pins     *ebpf.Map // written by the kernel; Unbind deletes what it no longer covers
 	exact    *ebpf.Map
@@ -440,6 +469,9 @@ func (e *Enforcer) loadPrograms(mode AttachMode, progs []string) error {
 	if err := spec.Variables[bpf.ExecgateVarHaveTaskPtRegs].Set(e.argv && mode != AttachExecKill); err != nil {
 		return fmt.Errorf("set have_task_pt_regs: %w", err)
 	}
+	if err := spec.Variables[bpf.ExecgateVarRuntimeMntns].Set(e.cfg.RuntimeMountNS); err != nil {
+		return fmt.Errorf("set runtime_mntns: %w", err)
+	}
 	sizes := map[string]uint32{
 		bpf.ExecgateMapBindings:    e.cfg.MaxBindings,
 		bpf.ExecgateMapExactRules:  e.cfg.MaxExactEntries,
@@ -470,6 +502,7 @@ func (e *Enforcer) loadPrograms(mode AttachMode, progs []string) error {
 		return fmt.Errorf("load program: %w", err)
 	}
 	e.coll = coll
+	e.runtime = coll.Maps[bpf.ExecgateMapRuntimeFiles]
 	e.bindings = coll.Maps[bpf.ExecgateMapBindings]
 	e.pins = coll.Maps[bpf.ExecgateMapMntnsPins]
 	e.exact = coll.Maps[bpf.ExecgateMapExactRules]

@@ -176,9 +176,12 @@ func compile(paths ...[]string) compiledRules {
 
 // compileSlots returns the rules of every slot of a policy version: one per
 // container, the union slot, and the wildcard slot (empty unless listed).
-func compileSlots(p PolicyVersion) map[string]compiledRules {
+// The union slot also holds sandbox: what the pod's sandbox runs before any
+// container of the pod exists.
+func compileSlots(p PolicyVersion, sandbox []string) map[string]compiledRules {
 	out := make(map[string]compiledRules, len(p.Containers)+1)
-	all := make([][]string, 0, len(p.Containers))
+	all := make([][]string, 0, len(p.Containers)+1)
+	all = append(all, sandbox)
 	for name, r := range p.Containers {
 		out[name] = compile(r.Paths)
 		all = append(all, r.Paths)

@@ -93,7 +93,7 @@ func (e *Enforcer) PutPolicy(p PolicyVersion) (applied bool, err error) {
 // mode, the same slots by container, and in each the same entries, compared by the keys
 // the kernel maps hold (the paths themselves are not pinned, their keyed hashes are).
 func (e *Enforcer) holdsLocked(cur *policyState, p PolicyVersion) bool {
-	compiled := compileSlots(p)
+	compiled := compileSlots(p, e.cfg.SandboxPaths)
 	if cur.mode != p.Mode || len(compiled) != len(cur.slots) {
 		return false
 	}
@@ -136,7 +136,7 @@ var ErrInUse = errors.New("policy still bound")
 // buildSlots writes every slot of p beside whatever is loaded. On error
 // nothing it wrote remains.
 func (e *Enforcer) buildSlots(p PolicyVersion) (*policyState, error) {
-	compiled := compileSlots(p)
+	compiled := compileSlots(p, e.cfg.SandboxPaths)
 	names := make([]string, 0, len(compiled))
 	nExact, nPrefix := 0, 0
 	for name, c := range compiled {

@@ -29,7 +29,8 @@ type Stats struct {
 	// Counters are the program's own: checked, allowed, learned, reported,
 	// denied, dropped (ring buffer full), untrusted (no trustworthy path),
 	// scratch-busy (decided closed for want of working memory),
-	// twin-decided (the second copy reused the first's verdict) and
+	// twin-decided (the second copy reused the first's verdict), runtime
+	// (the container runtime's re-exec of itself, exempt) and
 	// skipped (at most this many execs ran undecided: see Stats).
 	Counters  map[string]uint64
 	UserDrops uint64 // decoded events the consumer was too slow for
@@ -48,6 +49,9 @@ var counterNames = [...]string{
 	bpf.ExecgateStatSTAT_SCRATCH_BUSY: "scratch-busy",
 	// the second twin found the first's verdict (see twinPrograms)
 	bpf.ExecgateStatSTAT_TWIN_DECIDED: "twin-decided",
+	// the container runtime re-executing itself in a bound cgroup, not
+	// checked (see runtime.go)
+	bpf.ExecgateStatSTAT_RUNTIME: "runtime",
 }
 
 // Stats reads map sizes and the program's counters.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/execgate/execgate/nodeagent/agent"
 	"github.com/execgate/execgate/nodeagent/enforcer"
+	"github.com/execgate/execgate/nodeagent/nri"
 )
 
 func main() {
@@ -48,6 +49,7 @@ func main() {
 	flag.Func("runtime-executables", "comma-separated container runtimes whose re-exec of themselves in a container's cgroup is exempt: bare names (looked for in /usr/local/sbin, /usr/local/bin, /usr/sbin, /usr/bin, /sbin, /bin) or absolute host paths (default runc,crun)", listFlag(&cfg.RuntimeExecutables))
 	flag.StringVar(&cfg.HostRoot, "host-root", "", "where the host's files are seen (empty = /proc/1/root when readable, which hostPID gives, else /)")
 	flag.Func("sandbox-paths", "comma-separated executables a pod sandbox runs, allowed in every pod-level binding (default /pause)", listFlag(&cfg.SandboxPaths))
+	flag.StringVar(&cfg.NRISocket, "nri-socket", nri.DefaultSocket, "the container runtime's NRI socket: bind each container by name before it starts (empty: names from pod status only)")
 	flag.BoolVar(&cleanup, "cleanup", false, "remove every pin in --bpffs (stops enforcement) and exit")
 	flag.Parse()
 

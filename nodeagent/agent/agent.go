@@ -22,6 +22,7 @@ import (
 
 	"github.com/execgate/execgate/nodeagent/cgroups"
 	"github.com/execgate/execgate/nodeagent/enforcer"
+	"github.com/execgate/execgate/nodeagent/nri"
 	"github.com/execgate/execgate/nodeagent/podpolicy"
 	"github.com/execgate/execgate/nodeagent/server"
 	agentv1 "github.com/execgate/execgate/proto/execgate/agent/v1"
@@ -739,4 +740,93 @@ func kernelError(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	return err
+}
+
+// ContainerCreating implements nri.Backend: the runtime names a container of
+// the pod before its cgroup exists, so the watcher's report of that cgroup
+// binds it with its own rules at once. A pod the agent does not enforce is
+// ignored.
+func (a *Agent) ContainerCreating(pod nri.Pod, cid, name string) error {
+	if pod.UID == "" || cid == "" || name == "" {
+		return fmt.Errorf("%w: container without pod uid, id or name", enforcer.ErrInvalid)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, err := a.nameContainerLocked(pod.UID, cid, name)
+	return err
+}
+
+// nameContainerLocked records a container's name and binds its cgroup if
+// the watcher reported it; known says whether the agent enforces the pod.
+func (a *Agent) nameContainerLocked(uid, cid, name string) (known bool, err error) {
+	p := a.pods[uid]
+	if p == nil {
+		return false, nil
+	}
+	p.names[cid] = name
+	if cg, ok := p.containers[cid]; ok {
+		return true, a.bindContainerLocked(p, cid, cg)
+	}
+	return true, nil
+}
+
+// nriPolicyWait bounds how long a labelled pod's container start waits for
+// the pod's policy (the push before binding, or the backstop); below the
+// runtime's NRI request timeout (containerd: 2 s).
+const nriPolicyWait = 1500 * time.Millisecond
+
+// ContainerStarting implements nri.Backend: the container's cgroup exists
+// (runc create is done) and its first exec has not happened (runc start has
+// not run). When this returns nil the cgroup is bound with the container's
+// own rules (a cgroup the watcher has not reported yet is looked up here), or
+// the pod is not one the agent enforces. A pod labelled for a policy the agent
+// has not received yet waits for it, and past nriPolicyWait the start fails:
+// the kubelet retries it, and the pod's events say why.
+func (a *Agent) ContainerStarting(ctx context.Context, pod nri.Pod, cid, name string) error {
+	if pod.UID == "" || cid == "" || name == "" {
+		return fmt.Errorf("%w: container without pod uid, id or name", enforcer.ErrInvalid)
+	}
+	deadline := time.Now().Add(nriPolicyWait)
+	for {
+		a.mu.Lock()
+		known, err := a.nameContainerLocked(pod.UID, cid, name)
+		if known && err == nil {
+			err = a.bindStartingLocked(pod.UID, cid, name)
+		}
+		a.mu.Unlock()
+		if known || err != nil || pod.Policy == "" {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("execgate: policy %s/%s of pod %s/%s is not on node %s yet: container %s not started (retried by the kubelet)",
+				pod.Namespace, pod.Policy, pod.Namespace, pod.Name, a.opts.NodeName, name)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (a *Agent) bindStartingLocked(uid, cid, name string) error {
+	p := a.pods[uid]
+	if _, ok := p.containers[cid]; ok {
+		return nil
+	}
+	for _, rt := range []cgroups.Runtime{cgroups.RuntimeContainerd, cgroups.RuntimeCRIO, cgroups.RuntimeUnspecified} {
+		path := a.layout.ContainerCgroupPath(uid, p.qos, rt, cid)
+		if path == "" {
+			continue
+		}
+		cg, err := cgroups.ID(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("pod %s container %s: %w", uid, name, err)
+		}
+		return a.bindContainerLocked(p, cid, cg)
+	}
+	return fmt.Errorf("pod %s container %s (%s): no cgroup under %s", uid, name, cid, a.layout.PodCgroupPath(uid, p.qos))
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/execgate/execgate/nodeagent/agentcert"
 	"github.com/execgate/execgate/nodeagent/cgroups"
 	"github.com/execgate/execgate/nodeagent/enforcer"
+	"github.com/execgate/execgate/nodeagent/nri"
 	"github.com/execgate/execgate/nodeagent/server"
 )
 
@@ -67,6 +68,9 @@ type Config struct {
 	// SandboxPaths are what a pod sandbox runs (the pause entrypoint),
 	// allowed in every pod-level binding. nil: the defaults, empty: none.
 	SandboxPaths []string
+	// NRISocket is the runtime's NRI socket: the agent registers as a plugin
+	// and binds each container by name before it starts ("" = no NRI).
+	NRISocket string
 }
 
 func (c *Config) validate() error {
@@ -210,6 +214,30 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(ctx) })
 	g.Go(func() error { runtimes.Run(ctx, cfg.GCInterval); return nil })
+	if cfg.NRISocket != "" {
+		plugin := &nri.Plugin{Socket: cfg.NRISocket, Backend: a, Log: log.Named("nri")}
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "execgate_agent_nri_connected",
+			Help: "1 while the container runtime's NRI connection is up (containers bound by name before they start), 0 while names come from pod status.",
+		}, func() float64 {
+			if plugin.Connected() {
+				return 1
+			}
+			return 0
+		}))
+		g.Go(func() error {
+			// After the agent adopted the kernel's state: Synchronize binds what runs.
+			for !a.Ready() {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+			plugin.Run(ctx)
+			return nil
+		})
+	}
 	if nodeStatus != nil {
 		g.Go(func() error { return nodeStatus.Run(ctx) })
 	}

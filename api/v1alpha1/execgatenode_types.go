@@ -79,6 +79,14 @@ type ExecgateNodeStatus struct {
 	// +kubebuilder:validation:MaxItems=4
 	AttachRefusals []AttachRefusal `json:"attachRefusals,omitempty"`
 
+	// ContainerIdentity says where the agent learns container names: nri (the container
+	// runtime, before each container starts: every container runs its own rules from its
+	// first exec) or pod-status (the kubelet's reports: until a container is reported it
+	// runs under its pod's union of every container's rules).
+	// +optional
+	// +kubebuilder:validation:Enum=nri;pod-status
+	ContainerIdentity string `json:"containerIdentity,omitempty"`
+
 	// Kernel is the node's kernel release (uname -r).
 	// +optional
 	// +kubebuilder:validation:MaxLength=64

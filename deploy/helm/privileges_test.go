@@ -17,6 +17,7 @@ var agentHostPaths = map[string]bool{
 	"/sys/fs/cgroup":       true,  // cgroup ids of pods, inotify on the kubepods tree
 	"/sys/kernel/btf":      true,  // CO-RE relocations against the running kernel
 	"/sys/kernel/security": true,  // the active LSM list (is bpf in it?)
+	"/var/run/nri":         false, // the runtime's NRI socket: connecting to it needs write
 }
 
 // agentCapabilities are the capabilities of the unprivileged agent (agent.privileged=false).

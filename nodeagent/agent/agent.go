@@ -39,6 +39,9 @@ type Options struct {
 	MaxPending int
 	// PendingTTL is how long a pod may wait for its cgroup (default 10m).
 	PendingTTL time.Duration
+	// NRIConnected, if set, reports whether the runtime's NRI connection is
+	// up (Status says which source of container names is in force).
+	NRIConnected func() bool
 	// GCInterval is the period of the sweep (default 30s).
 	GCInterval time.Duration
 	// SubscriberBuffer is each event subscriber's queue length (default 256).
@@ -631,10 +634,14 @@ func (a *Agent) Status(ctx context.Context) (*agentv1.AgentStatus, error) {
 	}
 	loaded := map[enforcer.PolicyKey]enforcer.LoadedPolicy{}
 	out := &agentv1.AgentStatus{
-		NodeName:      a.opts.NodeName,
-		AttachMode:    string(a.enf.AttachMode()),
-		KernelVersion: a.kernel,
-		EventsDropped: st.Counters["dropped"] + st.UserDrops + a.subs.dropped.Load(),
+		NodeName:          a.opts.NodeName,
+		AttachMode:        string(a.enf.AttachMode()),
+		KernelVersion:     a.kernel,
+		EventsDropped:     st.Counters["dropped"] + st.UserDrops + a.subs.dropped.Load(),
+		ContainerIdentity: IdentityPodStatus,
+	}
+	if a.opts.NRIConnected != nil && a.opts.NRIConnected() {
+		out.ContainerIdentity = IdentityNRI
 	}
 	for _, r := range a.enf.AttachRefusals() {
 		out.AttachRefusals = append(out.AttachRefusals, &agentv1.AttachRefusal{Mode: string(r.Mode), Reason: r.Reason})
@@ -769,6 +776,12 @@ func (a *Agent) nameContainerLocked(uid, cid, name string) (known bool, err erro
 	}
 	return true, nil
 }
+
+// Where container names come from (AgentStatus.container_identity).
+const (
+	IdentityNRI       = "nri"
+	IdentityPodStatus = "pod-status"
+)
 
 // nriPolicyWait bounds how long a labelled pod's container start waits for
 // the pod's policy (the push before binding, or the backstop); below the

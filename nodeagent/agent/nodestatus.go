@@ -324,6 +324,9 @@ func nodeStatusFromAgent(st *agentv1.AgentStatus, bpfLSMActive bool, agentVersio
 	if m := v1alpha1.AttachMode(st.GetAttachMode()); knownAttachMode(m) {
 		out.AttachMode = m
 	}
+	if id := st.GetContainerIdentity(); id == IdentityNRI || id == IdentityPodStatus {
+		out.ContainerIdentity = id
+	}
 	for _, r := range st.GetAttachRefusals() {
 		if m := v1alpha1.AttachMode(r.GetMode()); knownAttachMode(m) && len(out.AttachRefusals) < 4 {
 			out.AttachRefusals = append(out.AttachRefusals, v1alpha1.AttachRefusal{Mode: m, Reason: truncate(r.GetReason(), 512)})

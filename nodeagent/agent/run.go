@@ -157,8 +157,10 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	var plugin *nri.Plugin // set below when NRI is on; read only after New
 	a, err := New(Options{NodeName: cfg.NodeName, Enforcer: enf, Layout: layout, MaxPending: cfg.MaxPods,
-		GCInterval: cfg.GCInterval, Backstop: backstop, Logger: base, Registry: reg})
+		GCInterval: cfg.GCInterval, Backstop: backstop, Logger: base, Registry: reg,
+		NRIConnected: func() bool { return plugin != nil && plugin.Connected() }})
 	if err != nil {
 		return err
 	}
@@ -215,7 +217,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	g.Go(func() error { return a.Run(ctx) })
 	g.Go(func() error { runtimes.Run(ctx, cfg.GCInterval); return nil })
 	if cfg.NRISocket != "" {
-		plugin := &nri.Plugin{Socket: cfg.NRISocket, Backend: a, Log: log.Named("nri")}
+		plugin = &nri.Plugin{Socket: cfg.NRISocket, Backend: a, Log: log.Named("nri")}
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "execgate_agent_nri_connected",
 			Help: "1 while the container runtime's NRI connection is up (containers bound by name before they start), 0 while names come from pod status.",

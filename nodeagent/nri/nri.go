@@ -62,7 +62,11 @@ type Plugin struct {
 	connected atomic.Bool
 	mu        sync.Mutex
 	lastErr   error
+	created   map[string]time.Time // container id -> its CreateContainer, until StartContainer
 }
+
+// maxCreated bounds the containers created and not started yet that are remembered.
+const maxCreated = 4096
 
 // Connected reports whether the runtime is connected now.
 func (p *Plugin) Connected() bool { return p.connected.Load() }
@@ -156,6 +160,12 @@ func (h *handler) Synchronize(ctx context.Context, pods []*api.PodSandbox, ctrs 
 }
 
 func (h *handler) CreateContainer(_ context.Context, pod *api.PodSandbox, c *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
+	h.p.mu.Lock()
+	if h.p.created == nil || len(h.p.created) >= maxCreated {
+		h.p.created = map[string]time.Time{}
+	}
+	h.p.created[c.GetId()] = time.Now()
+	h.p.mu.Unlock()
 	if err := h.p.Backend.ContainerCreating(podOf(pod), c.GetId(), c.GetName()); err != nil {
 		h.p.Log.Error("NRI CreateContainer", zap.String("pod_uid", pod.GetUid()), zap.String("container", c.GetName()), zap.Error(err))
 	}
@@ -164,11 +174,23 @@ func (h *handler) CreateContainer(_ context.Context, pod *api.PodSandbox, c *api
 
 func (h *handler) StartContainer(ctx context.Context, pod *api.PodSandbox, c *api.Container) error {
 	err := h.p.Backend.ContainerStarting(ctx, podOf(pod), c.GetId(), c.GetName())
-	if err != nil {
-		h.p.Log.Error("NRI StartContainer: container not bound by name", zap.String("pod_uid", pod.GetUid()),
-			zap.String("container", c.GetName()), zap.String("container_id", c.GetId()), zap.Error(err))
+	h.p.mu.Lock()
+	created, ok := h.p.created[c.GetId()]
+	delete(h.p.created, c.GetId())
+	h.p.mu.Unlock()
+	fields := []zap.Field{zap.String("namespace", pod.GetNamespace()), zap.String("pod", pod.GetName()),
+		zap.String("container", c.GetName()), zap.String("container_id", c.GetId())}
+	if ok {
+		fields = append(fields, zap.Duration("since_create", time.Since(created)))
 	}
-	return err
+	if err != nil {
+		h.p.Log.Error("NRI StartContainer: container not bound by name", append(fields, zap.Error(err))...)
+		return err
+	}
+	if podOf(pod).Policy != "" {
+		h.p.Log.Info("container bound by name before its start", fields...)
+	}
+	return nil
 }
 
 func (h *handler) Shutdown(context.Context) { h.p.Log.Info("the runtime shut the NRI plugin down") }

@@ -2,12 +2,13 @@
 
 package realnode
 
-// The agent on the real node. Not in `make test` yet: TestRealNodeProtectDeniesExec
-// fails today, and is kept as the reproducer of what the real node found (issue 15):
-// under Protect, runc's own re-exec ("runc init", through a detached mount of the
-// runc binary, reported as executable "/") runs inside the pod's cgroup tree, the
-// pod's rules deny it, and no sandbox ever starts ("waiting for init preliminary
-// setup: read init-p: connection reset by peer"). Run it with `make realnode-agent`.
+// The agent on the real node. What it found first (issue 15): under Protect,
+// runc's own re-exec ("runc init", through a detached mount of the runc binary)
+// runs inside the pod's cgroup tree, the pod's rules denied it, and no sandbox
+// ever started ("waiting for init preliminary setup: read init-p: connection
+// reset by peer"). The kernel program now exempts the runtime's re-exec of
+// itself (docs/threat-model.md), and the sandbox's /pause is in the pod-level
+// rules.
 
 import (
 	"context"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -94,14 +96,19 @@ func applyCRDs(t *testing.T, c *cluster.Cluster) {
 	})
 }
 
-// TestRealNodeProtectDeniesExec: the agent on the real node (lsm, the automatic
-// choice on Debian's 6.12) enforces a Protect pod run by the real kubelet,
-// containerd and runc: its own command runs, and an exec of a binary the policy
-// does not list, through the API server, the kubelet's streaming server and
-// runc exec, fails with EPERM on the caller's stream.
-func TestRealNodeProtectDeniesExec(t *testing.T) {
-	c, _ := startNode(t, agentConfig)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+// TestRealNodeProtect: the agent on the real node (lsm, the automatic choice on
+// Debian's 6.12) enforces Protect pods run by the real kubelet, containerd and
+// runc, whose own re-exec in the pod's cgroup (runc init) is exempt:
+//   - kubectl exec: the pod's own command runs; an exec of a binary the policy
+//     does not list, through the API server, the kubelet's streaming server
+//     and runc exec, fails with EPERM on the caller's stream;
+//   - own rules from the first exec: in a two-container pod where a may run
+//     /bin/id and b may not, b's entrypoint runs id at once and is denied, a's
+//     runs it. Without NRI (--nri-socket=) b's id runs, under the pod's union
+//     of rules, until the kubelet reports b: the window NRI closes.
+func TestRealNodeProtect(t *testing.T) {
+	c, node := startNode(t, agentConfig)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	const ns = "realnode"
 	if err := c.CreateNamespace(ctx, ns); err != nil {
@@ -118,28 +125,139 @@ func TestRealNodeProtectDeniesExec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy := &v1alpha1.WorkloadPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: ns},
-		Spec: v1alpha1.WorkloadPolicySpec{Mode: v1alpha1.ModeProtect, RulesByContainer: v1alpha1.RulesByContainer{
-			"main": {Executables: []string{"/bin/busybox"}},
-		}},
+	protect := func(name string, rules v1alpha1.RulesByContainer) *v1alpha1.WorkloadPolicy {
+		p := &v1alpha1.WorkloadPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec:       v1alpha1.WorkloadPolicySpec{Mode: v1alpha1.ModeProtect, RulesByContainer: rules},
+		}
+		if err := cl.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
-	if err := cl.Create(ctx, policy); err != nil {
+
+	t.Run("kubectl exec of a binary the policy does not list", func(t *testing.T) {
+		policy := protect("sleeper", v1alpha1.RulesByContainer{"main": {Executables: []string{"/bin/busybox"}}})
+		pod := sleeperPod(ns, map[string]string{v1alpha1.PolicyLabel: policy.Name})
+		start := time.Now()
+		runPod(t, ctx, c, pod)
+		t.Logf("Protect pod Running %v after create", time.Since(start).Round(time.Millisecond))
+		if out, stderr, err := execIn(ctx, c, ns, pod.Name, "main", "/bin/echo", "allowed"); err != nil || strings.TrimSpace(out) != "allowed" {
+			t.Fatalf("allowed exec (echo, a link to busybox): %q, stderr %q, err %v", out, stderr, err)
+		}
+		out, stderr, err := execIn(ctx, c, ns, pod.Name, "main", "/bin/id", "-u")
+		t.Logf("denied exec: stdout %q, stderr %q, err %v", out, stderr, err)
+		if err == nil || strings.TrimSpace(out) == "0" {
+			t.Fatalf("/bin/id ran in a Protect pod that does not allow it: %q", out)
+		}
+		if msg := stderr + " " + err.Error(); !strings.Contains(msg, "operation not permitted") {
+			t.Fatalf("denied exec: the caller reads %q, want operation not permitted", msg)
+		}
+	})
+
+	t.Run("each container's own rules from its first exec", func(t *testing.T) {
+		policy := protect("two", v1alpha1.RulesByContainer{
+			"a": {Executables: []string{"/bin/busybox", "/bin/id"}},
+			"b": {Executables: []string{"/bin/busybox"}},
+		})
+		no := false
+		script := []string{"/bin/sh", "-c", "/bin/id -u; echo entrypoint-done; exec /bin/sleep 3600"}
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "two", Namespace: ns, Labels: map[string]string{v1alpha1.PolicyLabel: policy.Name}},
+			Spec: corev1.PodSpec{
+				AutomountServiceAccountToken: &no,
+				Containers: []corev1.Container{
+					{Name: "a", Image: TestImage, ImagePullPolicy: corev1.PullNever, Command: script},
+					{Name: "b", Image: TestImage, ImagePullPolicy: corev1.PullNever, Command: script},
+				},
+			},
+		}
+		runPod(t, ctx, c, pod)
+		logs := func(container string) string {
+			t.Helper()
+			var out string
+			waitFor(t, ctx, container+" ran its entrypoint", func() (bool, error) {
+				b, err := c.Client.CoreV1().Pods(ns).GetLogs(pod.Name, &corev1.PodLogOptions{Container: container}).DoRaw(ctx)
+				out = string(b)
+				return err == nil && strings.Contains(out, "entrypoint-done"), nil
+			})
+			return out
+		}
+		a, b := logs("a"), logs("b")
+		t.Logf("a's log %q; b's log %q", a, b)
+		if !strings.Contains(a, "\n0\n") && !strings.HasPrefix(a, "0\n") {
+			t.Fatalf("a may run /bin/id: its log %q", a)
+		}
+		if strings.HasPrefix(b, "0\n") || strings.Contains(b, "\n0\n") {
+			t.Fatalf("b ran /bin/id, which only a may run: the union window (log %q)", b)
+		}
+		if !strings.Contains(strings.ToLower(b), "not permitted") {
+			t.Fatalf("b's denied exec: log %q, want operation not permitted", b)
+		}
+		for _, d := range bindTimes(t, node, "two") {
+			t.Logf("NRI: %s", d)
+		}
+	})
+
+	t.Run("an entrypoint the policy does not list", func(t *testing.T) {
+		policy := protect("denied-entrypoint", v1alpha1.RulesByContainer{"main": {Executables: []string{"/bin/busybox"}}})
+		no := false
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "denied-entrypoint", Namespace: ns, Labels: map[string]string{v1alpha1.PolicyLabel: policy.Name}},
+			Spec: corev1.PodSpec{
+				AutomountServiceAccountToken: &no,
+				Containers: []corev1.Container{{Name: "main", Image: TestImage, ImagePullPolicy: corev1.PullNever,
+					Command: []string{"/bin/id", "-u"}}},
+			},
+		}
+		if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var why string
+		waitFor(t, ctx, "the container's start refused, in its status", func() (bool, error) {
+			p, err := c.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			for _, st := range append(p.Status.ContainerStatuses, p.Status.InitContainerStatuses...) {
+				for _, s := range []*corev1.ContainerStateTerminated{st.State.Terminated, st.LastTerminationState.Terminated} {
+					if s != nil && s.Message != "" {
+						why = s.Reason + ": " + s.Message
+					}
+				}
+				if w := st.State.Waiting; w != nil && strings.Contains(w.Message, "not permitted") {
+					why = w.Reason + ": " + w.Message
+				}
+			}
+			return why != "", nil
+		})
+		t.Logf("the operator reads: %s", why)
+		if !strings.Contains(why, "operation not permitted") || !strings.Contains(why, "/bin/id") {
+			t.Fatalf("the pod's status says %q, want the denied entrypoint and operation not permitted", why)
+		}
+	})
+}
+
+// bindTimes are the agent's "bound by name before its start" lines for pod's
+// containers, from the node's console (the agent's log is tailed there).
+func bindTimes(t *testing.T, node *Node, pod string) []string {
+	t.Helper()
+	data, err := os.ReadFile(node.LogPath)
+	if err != nil {
 		t.Fatal(err)
 	}
-	pod := sleeperPod(ns, map[string]string{"execgate.io/policy": policy.Name})
-	start := time.Now()
-	runPod(t, ctx, c, pod)
-	t.Logf("Protect pod Running %v after create", time.Since(start).Round(time.Millisecond))
-	if out, stderr, err := execIn(ctx, c, ns, pod.Name, "main", "/bin/echo", "allowed"); err != nil || strings.TrimSpace(out) != "allowed" {
-		t.Fatalf("allowed exec (echo, a link to busybox): %q, stderr %q, err %v", out, stderr, err)
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, "bound by name before its start") && strings.Contains(line, `"pod":"`+pod+`"`) {
+			i := strings.Index(line, `"container"`)
+			if i < 0 {
+				i = 0
+			}
+			out = append(out, line[i:])
+		}
 	}
-	out, stderr, err := execIn(ctx, c, ns, pod.Name, "main", "/bin/id", "-u")
-	t.Logf("denied exec: stdout %q, stderr %q, err %v", out, stderr, err)
-	if err == nil || strings.TrimSpace(out) == "0" {
-		t.Fatalf("/bin/id ran in a Protect pod that does not allow it: %q", out)
+	if len(out) == 0 {
+		t.Errorf("the agent logged no NRI binding for pod %s (console %s)", pod, node.LogPath)
 	}
-	if msg := stderr + " " + err.Error(); !strings.Contains(msg, "operation not permitted") {
-		t.Fatalf("denied exec: the caller reads %q, want operation not permitted", msg)
-	}
+	return out
 }

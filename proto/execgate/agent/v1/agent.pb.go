@@ -1197,8 +1197,11 @@ type AgentStatus struct {
 	EventsDropped uint64 `protobuf:"varint,7,opt,name=events_dropped,json=eventsDropped,proto3" json:"events_dropped,omitempty"`
 	// The attach modes better than attach_mode that the kernel refused, best first.
 	AttachRefusals []*AttachRefusal `protobuf:"bytes,20,rep,name=attach_refusals,json=attachRefusals,proto3" json:"attach_refusals,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Where container names come from: "nri" (the runtime, before each container
+	// starts) or "pod-status" (the kubelet's reports, after it starts).
+	ContainerIdentity string `protobuf:"bytes,21,opt,name=container_identity,json=containerIdentity,proto3" json:"container_identity,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *AgentStatus) Reset() {
@@ -1285,6 +1288,13 @@ func (x *AgentStatus) GetAttachRefusals() []*AttachRefusal {
 		return x.AttachRefusals
 	}
 	return nil
+}
+
+func (x *AgentStatus) GetContainerIdentity() string {
+	if x != nil {
+		return x.ContainerIdentity
+	}
+	return ""
 }
 
 // AttachRefusal says why the kernel refused an attach mode.
@@ -1724,7 +1734,7 @@ const file_execgate_agent_v1_agent_proto_rawDesc = "" +
 	"\aentries\x18\x02 \x01(\x04R\aentries\x12\x1f\n" +
 	"\vmax_entries\x18\x03 \x01(\x04R\n" +
 	"maxEntries\x12\x14\n" +
-	"\x05bytes\x18\x04 \x01(\x04R\x05bytes\"\x85\x03\n" +
+	"\x05bytes\x18\x04 \x01(\x04R\x05bytes\"\xb4\x03\n" +
 	"\vAgentStatus\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x1f\n" +
 	"\vattach_mode\x18\x02 \x01(\tR\n" +
@@ -1734,7 +1744,8 @@ const file_execgate_agent_v1_agent_proto_rawDesc = "" +
 	"\bpolicies\x18\x05 \x03(\v2\x1f.execgate.agent.v1.PolicyStatusR\bpolicies\x120\n" +
 	"\x04maps\x18\x06 \x03(\v2\x1c.execgate.agent.v1.MapStatusR\x04maps\x12%\n" +
 	"\x0eevents_dropped\x18\a \x01(\x04R\reventsDropped\x12I\n" +
-	"\x0fattach_refusals\x18\x14 \x03(\v2 .execgate.agent.v1.AttachRefusalR\x0eattachRefusals\";\n" +
+	"\x0fattach_refusals\x18\x14 \x03(\v2 .execgate.agent.v1.AttachRefusalR\x0eattachRefusals\x12-\n" +
+	"\x12container_identity\x18\x15 \x01(\tR\x11containerIdentity\";\n" +
 	"\rAttachRefusal\x12\x12\n" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xa8\x01\n" +

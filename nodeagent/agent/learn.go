@@ -462,16 +462,7 @@ func parentPID(dir string) (int, bool) {
 
 // resyncLearnt replays the learnt set every learnResync until ctx ends.
 func (a *Agent) resyncLearnt(ctx context.Context) {
-	t := time.NewTicker(learnResync)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.replayLearnt(ctx)
-		}
-	}
+	every(ctx, learnResync, func() { a.replayLearnt(ctx) })
 }
 
 // replayLearnt publishes the learnt set of the pods still in Learn mode, paced, and

@@ -185,15 +185,22 @@ func (a *Agent) podLog(p *podState) *zap.Logger {
 }
 
 func (a *Agent) gcLoop(ctx context.Context) {
-	t := time.NewTicker(a.opts.GCInterval)
+	every(ctx, a.opts.GCInterval, func() {
+		a.Sweep()
+		a.verifyWaitingPods(ctx)
+	})
+}
+
+// every runs fn every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			a.Sweep()
-			a.verifyWaitingPods(ctx)
+			fn()
 		}
 	}
 }

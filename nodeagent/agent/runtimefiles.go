@@ -98,18 +98,11 @@ func (r *RuntimeFiles) Sync() error {
 // Run syncs every interval until ctx ends; a failed sync is logged and
 // retried, the kernel keeps the last list.
 func (r *RuntimeFiles) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := r.Sync(); err != nil {
-				r.Log.Warn("look up container runtime executables", zap.Error(err))
-			}
+	every(ctx, interval, func() {
+		if err := r.Sync(); err != nil {
+			r.Log.Warn("look up container runtime executables", zap.Error(err))
 		}
-	}
+	})
 }
 
 func candidates(name string) []string {

@@ -7,9 +7,9 @@ REALNODE_FLAGS ?= -count=1 -timeout 30m
 realnode: deps tools ## the RealNode tests: a real kubelet and containerd node in a VM
 	$(GO) test -tags realnode $(REALNODE_FLAGS) -v ./test/realnode/
 
-# The agent on the real node (agent_test.go, tags realnode,realnode_agent): fails
-# today, the reproducer of issue 15's finding (runc init denied under Protect), so
-# not in `make test` until the fix lands.
+# The agent on the real node alone (agent_test.go): Protect pods under the real
+# kubelet, containerd and runc. EXECGATE_REALNODE_NRI=off runs the control without
+# NRI, where the two-container case shows the union window instead.
 .PHONY: realnode-agent
-realnode-agent: deps tools ## the agent on the real node (fails today: runc init is denied, issue 15)
-	$(GO) test -tags realnode,realnode_agent $(REALNODE_FLAGS) -v -run TestRealNodeProtect ./test/realnode/
+realnode-agent: deps tools ## the agent's RealNode scenarios only (TestRealNodeProtect)
+	$(GO) test -tags realnode $(REALNODE_FLAGS) -v -run TestRealNodeProtect ./test/realnode/

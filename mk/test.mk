@@ -30,7 +30,7 @@ test: ## every test, as CI runs it (.ci/run)
 	stage "deps: system packages" $(MAKE) --no-print-directory deps; \
 	stage "tools: control-plane binaries" $(MAKE) --no-print-directory tools; \
 	stage "verify-generated" $(MAKE) --no-print-directory verify-generated; \
-	stage "vet" sh -c '$(GO) vet ./... && $(GO) vet -tags realnode,realnode_agent ./test/realnode/'; \
+	stage "vet" sh -c '$(GO) vet ./... && $(GO) vet -tags realnode ./test/realnode/'; \
 	stage "go test" mk/watch-tests.sh $(GO) test $(GOTEST_FLAGS) ./...; \
 	stage "kernel matrix (test/kernels/matrix, CI subsets)" $(MAKE) --no-print-directory kernels-ci; \
 	stage "real node (test/realnode: kubelet, containerd, runc in a VM)" $(MAKE) --no-print-directory realnode; \

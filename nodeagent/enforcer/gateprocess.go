@@ -27,7 +27,7 @@ const (
 	gateFDLifeline = 6 // pipe from the agent: EOF means exit
 )
 
-// As in execgate.bpf.c.
+// As in bpf/lib/types.h.
 const (
 	eperm       = 1
 	argvLen     = 512

@@ -12,7 +12,7 @@ import (
 	"github.com/execgate/execgate/internal/testenv"
 )
 
-// maxLevels mirrors MAX_LEVELS in bpf/execgate.bpf.c: the deepest cgroup level whose
+// maxLevels mirrors MAX_LEVELS in bpf/lib/types.h: the deepest cgroup level whose
 // binding the program looks up.
 const maxLevels = 64
 

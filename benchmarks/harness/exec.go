@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -111,8 +112,7 @@ func (m *meter) measure(ctx context.Context, st state, h hooks, count counters) 
 		for i, p := range pods {
 			d, err := execbench.TimeExecs(p.cg, m.progs, per)
 			if err != nil {
-				h.detach()
-				return fmt.Errorf("%s, %s pod: %w", where, p.kind, err)
+				return errors.Join(fmt.Errorf("%s, %s pod: %w", where, p.kind, err), h.detach())
 			}
 			samples[i] = append(samples[i], d...)
 			medians[i] = execbench.Summarize(d).Median
@@ -176,7 +176,7 @@ type kernelResult struct {
 // in Rounds chunks alternating the pods, and keeps each pod's median chunk.
 // The statistics are global: other processes' execs in the same window
 // count as runs too, and are reported as the foreign share.
-func (m *meter) kernelTime(progs []*ebpf.Program, h hooks, pods []pod) ([]kernelResult, error) {
+func (m *meter) kernelTime(progs []*ebpf.Program, h hooks, pods []pod) (_ []kernelResult, err error) {
 	stop, err := enableRunStats()
 	if err != nil {
 		return nil, err
@@ -185,7 +185,7 @@ func (m *meter) kernelTime(progs []*ebpf.Program, h hooks, pods []pod) ([]kernel
 	if err := h.attach(); err != nil {
 		return nil, err
 	}
-	defer h.detach()
+	defer func() { err = errors.Join(err, h.detach()) }()
 	if ph, ok := h.(interface{ programs() []*ebpf.Program }); ok {
 		progs = ph.programs()
 	}

@@ -76,7 +76,7 @@ func (m *meter) ours(ctx context.Context, mode enforcer.AttachMode, n int) (err 
 	if mode == enforcer.AttachFanotify {
 		h = &gateHooks{dir: dir, n: n}
 	}
-	defer h.detach()
+	defer func() { err = errors.Join(err, h.detach()) }()
 	return m.measure(ctx, state{
 		impl: ImplExecgate, mode: string(mode), policies: n, programs: progs,
 		loadPerPolicy: loadPer, kernelBytes: execbench.MapBytes(st), denies: mode.Denies(),
@@ -244,8 +244,7 @@ type peerSet []*peer.Policy
 func (s peerSet) attach() error {
 	for _, p := range s {
 		if err := p.Attach(); err != nil {
-			s.detach()
-			return err
+			return errors.Join(err, s.detach())
 		}
 	}
 	return nil

@@ -3,7 +3,6 @@ package report
 import (
 	"fmt"
 	"math"
-	"sort"
 	"strings"
 
 	"github.com/execgate/execgate/benchmarks/harness"
@@ -34,18 +33,6 @@ func Table(res *harness.Results) []Row {
 	rows = append(rows, loadRows(res)...)
 	rows = append(rows, controlPlaneRows(res)...)
 	return rows
-}
-
-func medianOf(v []float64) float64 {
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // group is the exec results of one implementation and mode.

@@ -129,7 +129,7 @@ func Index(m Meta, platforms []Platform) (v1.ImageIndex, error) {
 	if len(platforms) == 0 {
 		return nil, errors.New("no platform to build")
 	}
-	var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	seen := map[string]bool{}
 	for _, p := range platforms {
 		key := p.Platform.String()

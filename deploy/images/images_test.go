@@ -173,7 +173,7 @@ func TestIndexIsReproducibleAndComplete(t *testing.T) {
 		if cf.Config.User != NonRootUser || !strings.HasPrefix(strings.Join(cf.Config.Env, " "), "PATH="+BinDir+":") {
 			t.Errorf("%s: user %q env %q, want %s and PATH starting with %s", desc.Platform, cf.Config.User, cf.Config.Env, NonRootUser, BinDir)
 		}
-		if cf.Config.Labels["org.opencontainers.image.revision"] != m.Revision || !cf.Created.Time.Equal(m.Created) {
+		if cf.Config.Labels["org.opencontainers.image.revision"] != m.Revision || !cf.Created.Equal(m.Created) {
 			t.Errorf("%s: labels %v created %v", desc.Platform, cf.Config.Labels, cf.Created)
 		}
 		got := layerListing(t, img)

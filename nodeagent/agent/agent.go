@@ -469,7 +469,9 @@ func (a *Agent) markPendingLocked(uid string) {
 	if !a.pending.Contains(uid) && a.pending.Len() >= a.opts.MaxPending {
 		if old, _, ok := a.pending.GetOldest(); ok {
 			a.log.Warn("too many pods waiting for their cgroup; forgetting the oldest", zap.String("pod_uid", old), zap.Int("max_pending", a.opts.MaxPending))
-			a.forgetPodLocked(old)
+			if err := a.forgetPodLocked(old); err != nil {
+				a.log.Error("forget the oldest waiting pod", zap.String("pod_uid", old), zap.Error(err))
+			}
 		}
 	}
 	a.pending.Add(uid, time.Now())

@@ -12,7 +12,6 @@
 package agentcert
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -58,9 +57,11 @@ type Requester struct {
 	Log     *zap.Logger
 }
 
-// CertFile and KeyFile are the paths the server reads.
+// CertFile is the certificate's path, which the server reads.
 func (r *Requester) CertFile() string { return filepath.Join(r.Dir, "tls.crt") }
-func (r *Requester) KeyFile() string  { return filepath.Join(r.Dir, "tls.key") }
+
+// KeyFile is the key's path, which the server reads.
+func (r *Requester) KeyFile() string { return filepath.Join(r.Dir, "tls.key") }
 
 func (r *Requester) defaults() {
 	if r.Lifetime <= 0 {
@@ -180,7 +181,7 @@ func (r *Requester) request(ctx context.Context) error {
 	}
 	if leaf, err := r.current(); err != nil {
 		return fmt.Errorf("signed certificate of %s does not name node %s: %w", csr.Name, r.NodeName, err)
-	} else if !bytes.Equal(leaf.PublicKey.(*ecdsa.PublicKey).X.Bytes(), key.X.Bytes()) {
+	} else if pub, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(key.Public()) {
 		return fmt.Errorf("signed certificate of %s is not for the requested key", csr.Name)
 	}
 	log.Info("agent serving certificate installed")

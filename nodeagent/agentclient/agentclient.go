@@ -94,7 +94,11 @@ type Client struct {
 // with Unavailable if the agent cannot be reached or refuses the client.
 // Callers set per-call deadlines (the webhook must fail open quickly).
 func (d *Dialer) Dial(address string, opts ...grpc.DialOption) (*Client, error) {
-	return d.dial(address, d.creds, opts)
+	authority := ""
+	if d.tls != nil {
+		authority = d.tls.serverName
+	}
+	return d.dial(address, d.creds, authority, opts)
 }
 
 // DialNode is Dial for the agent of node: every handshake of the connection
@@ -111,18 +115,24 @@ func (d *Dialer) DialNode(node, address string, opts ...grpc.DialOption) (*Clien
 		c.serverName = node
 		creds = &c
 	}
-	return d.dial(address, creds, opts)
+	return d.dial(address, creds, node, opts)
 }
 
-func (d *Dialer) dial(address string, creds credentials.TransportCredentials, opts []grpc.DialOption) (*Client, error) {
+// dial connects with creds; a non-empty authority is the channel's (the
+// :authority of every call), the name the agent's certificate is verified
+// against as well (the TLS config's ServerName).
+func (d *Dialer) dial(address string, creds credentials.TransportCredentials, authority string, opts []grpc.DialOption) (*Client, error) {
 	if address == "" {
 		return nil, errors.New("agent client: address is required")
 	}
-	all := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(creds),
+	all := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if authority != "" {
+		all = append(all, grpc.WithAuthority(authority))
+	}
+	all = append(all,
 		// Agents' server permits pings every 10s; detect dead nodes in ~40s.
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	}, opts...)
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
+	all = append(all, opts...)
 	conn, err := grpc.NewClient(address, all...)
 	if err != nil {
 		return nil, fmt.Errorf("agent client: dial %s: %w", address, err)
@@ -197,10 +207,10 @@ func (c *reloadingCreds) ServerHandshake(net.Conn) (net.Conn, credentials.AuthIn
 	return nil, nil, errors.New("agent client credentials cannot serve")
 }
 
-// Info's ServerName becomes the channel's authority, which grpc's TLS
-// handshake verifies the agent's certificate against.
+// Info names the protocol; the authority is the dialer's (grpc.WithAuthority)
+// and the name verified is the TLS config's ServerName.
 func (c *reloadingCreds) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.3", ServerName: c.serverName}
+	return credentials.ProtocolInfo{SecurityProtocol: "tls"}
 }
 
 func (c *reloadingCreds) Clone() credentials.TransportCredentials {

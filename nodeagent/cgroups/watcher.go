@@ -25,19 +25,19 @@ import (
 // ContainerCgroupRemoved.
 type Event interface{ cgroupEvent() }
 
-// PodCgroupCreated: the cgroup of a pod of interest exists (it was created, or it
+// PodCgroupCreated says the cgroup of a pod of interest exists (it was created, or it
 // already existed when the pod was added or the watcher started).
 type PodCgroupCreated struct{ PodCgroup }
 
-// PodCgroupRemoved: the pod's cgroup is gone. It follows the ContainerCgroupRemoved
+// PodCgroupRemoved says the pod's cgroup is gone. It follows the ContainerCgroupRemoved
 // of every container reported for the pod.
 type PodCgroupRemoved struct{ PodCgroup }
 
-// ContainerCgroupCreated: a container cgroup appeared in a pod of interest. The pod
+// ContainerCgroupCreated says a container cgroup appeared in a pod of interest. The pod
 // sandbox (pause) container is reported like any other.
 type ContainerCgroupCreated struct{ ContainerCgroup }
 
-// ContainerCgroupRemoved: a container cgroup reported earlier is gone.
+// ContainerCgroupRemoved says a container cgroup reported earlier is gone.
 type ContainerCgroupRemoved struct{ ContainerCgroup }
 
 func (PodCgroupCreated) cgroupEvent()       {}

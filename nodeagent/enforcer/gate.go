@@ -281,7 +281,7 @@ func (g *gateSupervisor) stop() {
 	case <-g.done:
 	case <-time.After(5 * time.Second):
 		if cmd != nil && cmd.Process != nil {
-			cmd.Process.Kill()
+			_ = cmd.Process.Kill() // an error only says it has exited already
 		}
 		<-g.done
 	}
@@ -293,7 +293,7 @@ func waitOrKill(cmd *exec.Cmd) {
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		cmd.Process.Kill()
+		_ = cmd.Process.Kill() // an error only says it has exited already
 		<-done
 	}
 }

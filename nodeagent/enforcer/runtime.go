@@ -66,7 +66,7 @@ func KernelFileID(path string) (FileID, error) {
 	if err != nil {
 		return byStat, nil
 	}
-	defer unix.Munmap(mem)
+	defer func() { _ = unix.Munmap(mem) }() // a mapping of our own: unmapping cannot fail
 	id, err := mappingID(uintptr(unsafe.Pointer(&mem[0])))
 	if err != nil {
 		return FileID{}, fmt.Errorf("%s: %w", path, err)

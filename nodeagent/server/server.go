@@ -217,7 +217,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		s.grpc.Stop()
 		<-stopped
 	}
-	<-errc // Serve returns nil after (Graceful)Stop
+	if err := <-errc; err != nil { // Serve returns nil after (Graceful)Stop
+		s.log.Warn("agent gRPC server ended with an error", zap.Error(err))
+	}
 	s.log.Info("agent gRPC server stopped")
 	return nil
 }

@@ -122,14 +122,14 @@ func InitScript(row Row, env map[string]string, bins []TestBinary) string {
 	return s.String()
 }
 
-// initPreamble mounts what the tests need, exports env, prints the kernel
-// and LSM list and enters /tmp.
 // ShellQuote quotes v as one word for sh: inside single quotes nothing is special but the
 // quote itself, which is closed, escaped and reopened ("Debian's" broke /init once).
 func ShellQuote(v string) string {
 	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
 }
 
+// initPreamble mounts what the tests need, exports env, prints the kernel
+// and LSM list and enters /tmp.
 func initPreamble(env map[string]string) string {
 	var s strings.Builder
 	s.WriteString(`#!/bin/busybox sh

@@ -29,9 +29,11 @@ type ClientCertIssuer struct {
 	Log                   *zap.Logger
 }
 
-// CertFile and KeyFile are what the agent Dialer reads.
+// CertFile is the client certificate's path, which the agent Dialer reads.
 func (c *ClientCertIssuer) CertFile() string { return filepath.Join(c.Dir, "tls.crt") }
-func (c *ClientCertIssuer) KeyFile() string  { return filepath.Join(c.Dir, "tls.key") }
+
+// KeyFile is the client key's path, which the agent Dialer reads.
+func (c *ClientCertIssuer) KeyFile() string { return filepath.Join(c.Dir, "tls.key") }
 
 func (c *ClientCertIssuer) lifetime() time.Duration {
 	if c.Lifetime > 0 {

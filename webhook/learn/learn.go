@@ -566,7 +566,7 @@ func (l *ProposalLearner) resolveUncached(ctx context.Context, pod podRef, memo 
 			return workloadOf(owner), nil
 		}
 		if ownerGroup(top) != "batch" || top.Kind != "CronJob" {
-			return v1alpha1.WorkloadReference{}, fmt.Errorf("Job %s is controlled by %s %s, not a CronJob: %w", owner.Name, top.Kind, top.Name, errNotLearnable)
+			return v1alpha1.WorkloadReference{}, fmt.Errorf("job %s is controlled by %s %s, not a CronJob: %w", owner.Name, top.Kind, top.Name, errNotLearnable)
 		}
 		return workloadOf(top), nil
 	}

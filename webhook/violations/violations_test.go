@@ -176,7 +176,7 @@ func TestE2EViolationEventsAggregateBurst(t *testing.T) {
 		t.Errorf("%d creates and %d patches, want 3 and at most 3", cr, pa)
 	}
 	// What `kubectl describe pod` finds: by the pod's name, namespace, kind and uid.
-	found, err := c.Client.CoreV1().Events(ns).Search(clientgoscheme.Scheme, pod)
+	found, err := c.Client.CoreV1().Events(ns).SearchWithContext(context.Background(), clientgoscheme.Scheme, pod)
 	if err != nil || len(found.Items) != 2 {
 		t.Errorf("events found for the pod: %d (%v), want 2", len(found.Items), err)
 	}

@@ -78,9 +78,9 @@ func (c *Cluster) RESTConfigFor(id Identity) (*rest.Config, error) {
 	if len(id.Extra) > 0 {
 		cfg.Impersonate = rest.ImpersonationConfig{UserName: id.User, Groups: id.Groups, Extra: id.Extra}
 	}
-	cfg.TLSClientConfig.CertData = pair.CertPEM
-	cfg.TLSClientConfig.KeyData = pair.KeyPEM
-	cfg.TLSClientConfig.CertFile, cfg.TLSClientConfig.KeyFile = "", ""
+	cfg.CertData = pair.CertPEM
+	cfg.KeyData = pair.KeyPEM
+	cfg.CertFile, cfg.KeyFile = "", ""
 	return cfg, nil
 }
 

@@ -126,7 +126,7 @@ func Run(ctx context.Context, w io.Writer) (err error) {
 	say("\n[4] kubectl exec %s -- %s", podName, forbidden[0])
 	out, err = n.Kubelet.Exec(ctx, namespace, podName, container, forbidden[0])
 	if !framework.IsDenial(err) {
-		return fmt.Errorf("Protect mode let %s run (err %v, output %q)", forbidden[0], err, out)
+		return fmt.Errorf("mode Protect let %s run (err %v, output %q)", forbidden[0], err, out)
 	}
 	say("    denied: %v", err)
 	ev, err := next(ctx, events, agentv1.Action_ACTION_DENIED)
@@ -150,7 +150,7 @@ func Run(ctx context.Context, w io.Writer) (err error) {
 	say("\n[6] kubectl exec %s -- %s", podName, forbidden[0])
 	out, err = n.Kubelet.Exec(ctx, namespace, podName, container, forbidden[0])
 	if err != nil {
-		return fmt.Errorf("Monitor mode must allow %s: %w", forbidden[0], err)
+		return fmt.Errorf("mode Monitor must allow %s: %w", forbidden[0], err)
 	}
 	say("    %s", strings.TrimSpace(out))
 	ev, err = next(ctx, events, agentv1.Action_ACTION_REPORTED)

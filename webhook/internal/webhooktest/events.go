@@ -19,10 +19,12 @@ type EventSource struct {
 	subs map[chan *agentv1.ExecEvent]struct{}
 }
 
+// NewEventSource is an event source without subscribers.
 func NewEventSource() *EventSource {
 	return &EventSource{RecordingBackend: NewRecordingBackend(), subs: map[chan *agentv1.ExecEvent]struct{}{}}
 }
 
+// Subscribe opens a stream that Emit feeds until ctx ends or the returned cancel runs.
 func (b *EventSource) Subscribe(ctx context.Context, _ podpolicy.EventFilter) (<-chan *agentv1.ExecEvent, func()) {
 	ch := make(chan *agentv1.ExecEvent, 4096)
 	b.mu.Lock()
@@ -41,6 +43,7 @@ func (b *EventSource) Subscribe(ctx context.Context, _ podpolicy.EventFilter) (<
 	return ch, func() { stop(); cancel() }
 }
 
+// Subscribers counts the open streams.
 func (b *EventSource) Subscribers() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -66,6 +69,7 @@ func (b *EventSource) Emit(t *testing.T, ev *agentv1.ExecEvent) {
 // sinks, whose events are not about real pods. TestForgedEventsDropped tests EventOrigin.
 type AcceptingOrigin struct{}
 
+// VerifyEvent accepts ev.
 func (AcceptingOrigin) VerifyEvent(context.Context, string, *agentv1.ExecEvent) (agents.DropReason, string) {
 	return "", ""
 }
@@ -73,6 +77,7 @@ func (AcceptingOrigin) VerifyEvent(context.Context, string, *agentv1.ExecEvent) 
 // SinkFunc adapts a function to ExecEventSink.
 type SinkFunc func(ctx context.Context, ev *agentv1.ExecEvent)
 
+// HandleExecEvent calls f.
 func (f SinkFunc) HandleExecEvent(ctx context.Context, ev *agentv1.ExecEvent) { f(ctx, ev) }
 
 // WaitUntil polls cond every 10ms and fails the test after 15s.

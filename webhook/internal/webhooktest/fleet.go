@@ -34,10 +34,12 @@ type RecordingBackend struct {
 	removedPolicys []podpolicy.PolicyRef
 }
 
+// NewRecordingBackend is a backend that has loaded nothing.
 func NewRecordingBackend() *RecordingBackend {
 	return &RecordingBackend{loaded: map[string]uint64{}}
 }
 
+// ApplyPodPolicy records p and loads it unless the pod holds that version or a newer one.
 func (b *RecordingBackend) ApplyPodPolicy(ctx context.Context, p *podpolicy.PodPolicy) (bool, uint64, error) {
 	if b.Delay > 0 {
 		select {
@@ -56,6 +58,7 @@ func (b *RecordingBackend) ApplyPodPolicy(ctx context.Context, p *podpolicy.PodP
 	return true, p.Policy.Version, nil
 }
 
+// RemovePod records the removal and forgets the pod.
 func (b *RecordingBackend) RemovePod(_ context.Context, uid string) (bool, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -65,6 +68,7 @@ func (b *RecordingBackend) RemovePod(_ context.Context, uid string) (bool, error
 	return ok, nil
 }
 
+// RemovePolicy records the removal.
 func (b *RecordingBackend) RemovePolicy(_ context.Context, ref podpolicy.PolicyRef) (bool, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -72,22 +76,26 @@ func (b *RecordingBackend) RemovePolicy(_ context.Context, ref podpolicy.PolicyR
 	return true, nil
 }
 
+// Status is an empty status.
 func (b *RecordingBackend) Status(context.Context) (*agentv1.AgentStatus, error) {
 	return &agentv1.AgentStatus{}, nil
 }
 
+// Subscribe returns a stream that never carries an event.
 func (b *RecordingBackend) Subscribe(ctx context.Context, _ podpolicy.EventFilter) (<-chan *agentv1.ExecEvent, func()) {
 	ch := make(chan *agentv1.ExecEvent)
 	var once sync.Once
 	return ch, func() { once.Do(func() { close(ch) }) }
 }
 
+// AppliedCalls lists every ApplyPodPolicy call, in order.
 func (b *RecordingBackend) AppliedCalls() []*podpolicy.PodPolicy {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]*podpolicy.PodPolicy(nil), b.applied...)
 }
 
+// Removals lists the RemovePod and RemovePolicy calls, in order.
 func (b *RecordingBackend) Removals() (pods []string, policies []podpolicy.PolicyRef) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -104,6 +112,7 @@ type Fleet struct {
 	Dialer    *agentclient.Dialer
 }
 
+// NewFleet is a fleet with no node yet, its CA and the Dialer's client certificate.
 func NewFleet(t *testing.T) *Fleet {
 	t.Helper()
 	dir := t.TempDir()

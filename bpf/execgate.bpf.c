@@ -58,8 +58,8 @@ char LICENSE[] SEC("license") = "GPL";
  * (HOW_GATE) acts only on denials: an exec it lets through is decided again,
  * counted and reported by exec_kill once it commits.
  */
-static __always_inline int decide(struct scratch *s, struct task_struct *task, struct file *file, int argc, enum how how,
-				  bool *bound)
+static __always_inline int decide(struct scratch *s, struct task_struct *task, struct file *file, int argc,
+				  enum how how, bool *bound)
 {
 	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
 	struct binding bind, *found;
@@ -206,13 +206,13 @@ int BPF_PROG(execgate_lsm, struct linux_binprm *bprm, int ret)
  * An exec is undecided only if both copies are busy on its CPU at once.
  * Kernels without task storage get the single program.
  */
-#define FMOD_RET_PROG(name, twin)                                             \
-	SEC("fmod_ret/security_bprm_creds_for_exec")                          \
-	int BPF_PROG(name, struct linux_binprm *bprm, int ret)                \
-	{                                                                     \
-		if (ret)                                                      \
-			return ret;                                           \
-		return decide_current(bprm, HOW_SYSCALL, twin);               \
+#define FMOD_RET_PROG(name, twin)                               \
+	SEC("fmod_ret/security_bprm_creds_for_exec")            \
+	int BPF_PROG(name, struct linux_binprm *bprm, int ret)  \
+	{                                                       \
+		if (ret)                                        \
+			return ret;                             \
+		return decide_current(bprm, HOW_SYSCALL, twin); \
 	}
 
 /*
@@ -220,13 +220,13 @@ int BPF_PROG(execgate_lsm, struct linux_binprm *bprm, int ret)
  * binary that actually runs, lsm and fmod_ret check the file named by exec.
  * bpf_send_signal: SIGKILL (5.3+), delivered before returning to user space.
  */
-#define EXEC_KILL_PROG(name, twin)                                            \
-	SEC("tp_btf/sched_process_exec")                                      \
+#define EXEC_KILL_PROG(name, twin)                                                        \
+	SEC("tp_btf/sched_process_exec")                                                  \
 	int BPF_PROG(name, struct task_struct *p, int old_pid, struct linux_binprm *bprm) \
-	{                                                                     \
-		if (decide_current(bprm, HOW_COMMITTED, twin) == -EPERM)      \
-			bpf_send_signal(9);                                   \
-		return 0;                                                     \
+	{                                                                                 \
+		if (decide_current(bprm, HOW_COMMITTED, twin) == -EPERM)                  \
+			bpf_send_signal(9);                                               \
+		return 0;                                                                 \
 	}
 
 FMOD_RET_PROG(execgate_fmod_ret, false)

@@ -11,7 +11,7 @@ GOTEST_FLAGS ?= -count=1 -timeout 25m
 deps: ## install missing system packages (apt)
 	@missing=""; \
 	for p in clang:clang llvm-strip:llvm bpftool:bpftool protoc:protobuf-compiler ip:iproute2 \
-		qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm cpio:cpio dpkg-deb:dpkg xz:xz-utils; do \
+		qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm cpio:cpio dpkg-deb:dpkg xz:xz-utils clang-format:clang-format; do \
 		command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; \
 	done; \
 	[ -f /usr/include/bpf/bpf_helpers.h ] || missing="$$missing libbpf-dev"; \
@@ -31,6 +31,7 @@ test: ## every test, as CI runs it (.ci/run)
 	stage "tools: control-plane binaries" $(MAKE) --no-print-directory tools; \
 	stage "verify-generated" $(MAKE) --no-print-directory verify-generated; \
 	stage "vet" sh -c '$(GO) vet ./... && $(GO) vet -tags realnode ./test/realnode/'; \
+	stage "lint (golangci-lint, clang-format)" $(MAKE) --no-print-directory lint; \
 	stage "go test" mk/watch-tests.sh $(GO) test $(GOTEST_FLAGS) ./...; \
 	stage "kernel matrix (test/kernels/matrix, CI subsets)" $(MAKE) --no-print-directory kernels-ci; \
 	stage "real node (test/realnode: kubelet, containerd, runc in a VM)" $(MAKE) --no-print-directory realnode; \

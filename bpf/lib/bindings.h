@@ -53,7 +53,7 @@ static __always_inline struct binding *find_binding(struct cgroup *cg, __u64 *bo
  */
 static __always_inline bool foreign_mntns(__u64 cgroup_id, __u64 bound_id, __u32 mntns)
 {
-	struct mntns_pin pin = { .bound_cgroup_id = bound_id, .mntns = mntns };
+	struct mntns_pin pin = {.bound_cgroup_id = bound_id, .mntns = mntns};
 	struct mntns_pin *pinned = bpf_map_lookup_elem(&mntns_pins, &cgroup_id);
 
 	if (!pinned) {

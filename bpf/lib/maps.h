@@ -27,7 +27,7 @@ struct {
  */
 struct mntns_pin {
 	__u64 bound_cgroup_id; /* the binding that decided the pinning exec */
-	__u32 mntns;           /* ns.inum, the inode of /proc/PID/ns/mnt */
+	__u32 mntns;	       /* ns.inum, the inode of /proc/PID/ns/mnt */
 	__u32 _pad;
 };
 

@@ -18,8 +18,8 @@
  * are flagged in *flags: PATH_UNTRUSTED files are never allowed. One loop,
  * one counter: the verifier's work stays linear in MAX_DEPTH.
  */
-static __always_inline __u32 resolve_path(struct scratch *s, struct file *f, struct mount *ns_root,
-					  __u16 *flags, __u32 *start)
+static __always_inline __u32 resolve_path(struct scratch *s, struct file *f, struct mount *ns_root, __u16 *flags,
+					  __u32 *start)
 {
 	__u64 mnt_off = bpf_core_field_offset(struct mount, mnt);
 	struct dentry *d = BPF_CORE_READ(f, f_path.dentry);

@@ -7,6 +7,8 @@
 #define EXECGATE_SIPHASH_H
 
 #define ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+/* The reference implementation's layout, one half-round a line. */
+// clang-format off
 #define SIPROUND                                                          \
 	do {                                                              \
 		v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32); \
@@ -14,6 +16,7 @@
 		v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                    \
 		v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32); \
 	} while (0)
+// clang-format on
 
 /*
  * SipHash-2-4 of buf[start:start+len] (little endian), the same function user space

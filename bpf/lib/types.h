@@ -42,14 +42,14 @@ enum action {
 
 /* Event and decision flags. */
 enum path_flags {
-	PATH_DETACHED = 1 << 0,  /* not reachable from a mount: memfd, pipe, anon */
-	PATH_DELETED = 1 << 1,   /* unlinked while still open */
-	PATH_TOO_DEEP = 1 << 2,  /* more than MAX_DEPTH components */
-	PATH_TOO_LONG = 1 << 3,  /* longer than PATH_LEN - 1 */
+	PATH_DETACHED = 1 << 0,	 /* not reachable from a mount: memfd, pipe, anon */
+	PATH_DELETED = 1 << 1,	 /* unlinked while still open */
+	PATH_TOO_DEEP = 1 << 2,	 /* more than MAX_DEPTH components */
+	PATH_TOO_LONG = 1 << 3,	 /* longer than PATH_LEN - 1 */
 	ARGV_TRUNCATED = 1 << 4, /* more than ARGV_LEN bytes or MAX_ARGS args */
-	ARGV_MISSING = 1 << 5,   /* kernel older than 5.15 or not a plain execve */
-	FOREIGN_MNTNS = 1 << 6,  /* not the mount namespace pinned for the cgroup */
-	KILLED = 1 << 7,         /* exec_kill mode: denied by SIGKILL, not EPERM */
+	ARGV_MISSING = 1 << 5,	 /* kernel older than 5.15 or not a plain execve */
+	FOREIGN_MNTNS = 1 << 6,	 /* not the mount namespace pinned for the cgroup */
+	KILLED = 1 << 7,	 /* exec_kill mode: denied by SIGKILL, not EPERM */
 	/* Any of these: the file has no name we can trust, never allowed. */
 	PATH_UNTRUSTED = PATH_DETACHED | PATH_DELETED | PATH_TOO_DEEP | PATH_TOO_LONG | FOREIGN_MNTNS,
 };
@@ -94,16 +94,16 @@ struct siphash_key {
 };
 
 enum stat {
-	STAT_CHECKED,    /* execs in a bound cgroup */
-	STAT_ALLOWED,    /* matched the allowlist */
+	STAT_CHECKED, /* execs in a bound cgroup */
+	STAT_ALLOWED, /* matched the allowlist */
 	STAT_LEARNED,
 	STAT_REPORTED,
 	STAT_DENIED,
-	STAT_DROPPED,    /* events lost because the ring buffer was full */
-	STAT_UNTRUSTED,  /* executables without a trustworthy path */
+	STAT_DROPPED,	   /* events lost because the ring buffer was full */
+	STAT_UNTRUSTED,	   /* executables without a trustworthy path */
 	STAT_SCRATCH_BUSY, /* every scratch slot of the CPU in use: decided closed, no event */
 	STAT_TWIN_DECIDED, /* a twin program had decided this exec already: see exec_stamp */
-	STAT_RUNTIME,    /* the container runtime re-executing itself: see runtime_reexec */
+	STAT_RUNTIME,	   /* the container runtime re-executing itself: see runtime_reexec */
 	STAT_MAX,
 };
 
@@ -121,7 +121,7 @@ struct event {
 	__u64 cgroup_id;       /* the task's own cgroup */
 	__u64 bound_cgroup_id; /* the cgroup whose binding decided */
 	__u32 slot;
-	__u32 pid;  /* tgid */
+	__u32 pid; /* tgid */
 	__u32 tid;
 	__u32 ppid; /* tgid of real_parent */
 	__u32 uid;
@@ -138,10 +138,10 @@ struct event {
 
 struct scratch {
 	char path[PATH_LEN + NAME_MAX_LEN + 1] __attribute__((aligned(8))); /* built right to left */
-	struct prefix_key pk; /* LPM lookup key: too big for the stack */
+	struct prefix_key pk;						    /* LPM lookup key: too big for the stack */
 	struct event ev;
 	__u32 gate_len; /* bytes of ev the gate returns (0: no event) */
-	__u32 claim;    /* decisions holding or trying this slot: see claim_scratch */
+	__u32 claim;	/* decisions holding or trying this slot: see claim_scratch */
 };
 
 /* Where the deciding program stands, which says where argv comes from. */

@@ -12,12 +12,14 @@ package realnode
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -26,6 +28,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/yaml"
 
 	"github.com/execgate/execgate/api/v1alpha1"
@@ -129,6 +132,7 @@ func TestRealNodeProtect(t *testing.T) {
 	if err := v1alpha1.AddToScheme(sc); err != nil {
 		t.Fatal(err)
 	}
+	ctrllog.SetLogger(logr.Discard()) // controller-runtime's client logs nothing here
 	cl, err := client.New(c.RESTConfig, client.Options{Scheme: sc})
 	if err != nil {
 		t.Fatal(err)
@@ -222,8 +226,10 @@ func TestRealNodeProtect(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{Name: "denied-entrypoint", Namespace: ns, Labels: map[string]string{v1alpha1.PolicyLabel: policy.Name}},
 			Spec: corev1.PodSpec{
 				AutomountServiceAccountToken: &no,
+				// runc's error is the container's output; the kubelet copies it into the
+				// status when the pod asks (README: what an operator reads).
 				Containers: []corev1.Container{{Name: "main", Image: TestImage, ImagePullPolicy: corev1.PullNever,
-					Command: []string{"/bin/id", "-u"}}},
+					Command: []string{"/bin/id", "-u"}, TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError}},
 			},
 		}
 		if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
@@ -235,14 +241,11 @@ func TestRealNodeProtect(t *testing.T) {
 			if err != nil {
 				return false, err
 			}
-			for _, st := range append(p.Status.ContainerStatuses, p.Status.InitContainerStatuses...) {
+			for _, st := range p.Status.ContainerStatuses {
 				for _, s := range []*corev1.ContainerStateTerminated{st.State.Terminated, st.LastTerminationState.Terminated} {
 					if s != nil && s.Message != "" {
-						why = s.Reason + ": " + s.Message
+						why = fmt.Sprintf("%s (exit %d): %s", s.Reason, s.ExitCode, strings.TrimSpace(s.Message))
 					}
-				}
-				if w := st.State.Waiting; w != nil && strings.Contains(w.Message, "not permitted") {
-					why = w.Reason + ": " + w.Message
 				}
 			}
 			return why != "", nil

@@ -255,6 +255,157 @@ func TestRealNodeProtect(t *testing.T) {
 			t.Fatalf("the pod's status says %q, want the denied entrypoint and operation not permitted", why)
 		}
 	})
+
+	// Last: it restarts the node's daemons.
+	t.Run("restarts of agent, kubelet, containerd and a container, execs throughout", func(t *testing.T) {
+		testRestarts(t, ctx, c, protect)
+	})
+}
+
+// testRestarts: containers a (may run /bin/id) and b (may not) exec id in a loop
+// and log each outcome to a shared emptyDir, while the agent, the kubelet and
+// containerd are killed in turn (the node's restart loops bring them back) and b
+// is restarted twice (a new container and cgroup, bound by NRI before its first
+// exec; the second time after containerd's restart, so NRI reconnected). Every
+// outcome must be its container's own: a ran, b denied; none is lost to a gap,
+// and each phase logged new outcomes.
+func testRestarts(t *testing.T, ctx context.Context, c *cluster.Cluster, protect func(string, v1alpha1.RulesByContainer) *v1alpha1.WorkloadPolicy) {
+	const ns = "realnode"
+	policy := protect("restarts", v1alpha1.RulesByContainer{
+		"a": {Executables: []string{"/bin/busybox", "/bin/id"}},
+		"b": {Executables: []string{"/bin/busybox"}},
+	})
+	no, yes := false, true
+	loop := func(name string) []string {
+		return []string{"/bin/sh", "-c", `while true; do
+	if /bin/id -u >/dev/null 2>&1; then r=ran; else r=denied; fi
+	echo $r >> /data/` + name + `
+	/bin/sleep 0.1
+done # worker-` + name}
+	}
+	data := corev1.VolumeMount{Name: "data", MountPath: "/data"}
+	worker := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "worker", Namespace: ns, Labels: map[string]string{v1alpha1.PolicyLabel: policy.Name}},
+		Spec: corev1.PodSpec{
+			AutomountServiceAccountToken: &no,
+			Volumes:                      []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
+			Containers: []corev1.Container{
+				{Name: "a", Image: TestImage, ImagePullPolicy: corev1.PullNever, Command: loop("a"), VolumeMounts: []corev1.VolumeMount{data}},
+				{Name: "b", Image: TestImage, ImagePullPolicy: corev1.PullNever, Command: loop("b"), VolumeMounts: []corev1.VolumeMount{data}},
+			},
+		},
+	}
+	// ctl is the node's shell (as kubectl debug node gives one): host PID and
+	// network namespaces, privileged, not enforced.
+	ctl := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "ctl", Namespace: ns},
+		Spec: corev1.PodSpec{
+			AutomountServiceAccountToken: &no, HostPID: true, HostNetwork: true,
+			Containers: []corev1.Container{{Name: "ctl", Image: TestImage, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/bin/sleep", "36000"}, SecurityContext: &corev1.SecurityContext{Privileged: &yes}}},
+		},
+	}
+	runPod(t, ctx, c, ctl)
+	runPod(t, ctx, c, worker)
+	host := func(script string) (string, error) {
+		out, stderr, err := execIn(ctx, c, ns, "ctl", "ctl", "/bin/sh", "-c", script)
+		if err != nil {
+			return out, fmt.Errorf("%w: %s", err, stderr)
+		}
+		return out, nil
+	}
+	outcomes := func() (a, b []string, err error) {
+		out, _, err := execIn(ctx, c, ns, "worker", "a", "/bin/cat", "/data/a")
+		if err != nil {
+			return nil, nil, err
+		}
+		outB, _, err := execIn(ctx, c, ns, "worker", "a", "/bin/cat", "/data/b")
+		if err != nil {
+			return nil, nil, err
+		}
+		return strings.Fields(out), strings.Fields(outB), nil
+	}
+	// until polls ok every 250 ms and returns how long it took.
+	until := func(what string, ok func() bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for !ok() {
+			if ctx.Err() != nil {
+				t.Fatalf("waiting for %s: %v", what, ctx.Err())
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		return time.Since(start)
+	}
+	grown := func(phase string, before int) int {
+		t.Helper()
+		var n int
+		until(phase+": new outcomes logged", func() bool {
+			a, b, err := outcomes()
+			n = min(len(a), len(b))
+			return err == nil && n > before+5
+		})
+		return n
+	}
+	n := grown("start", 0)
+	restartCount := func() int32 {
+		p, err := c.Client.CoreV1().Pods(ns).Get(ctx, "worker", metav1.GetOptions{})
+		if err != nil {
+			return -1
+		}
+		for _, st := range p.Status.ContainerStatuses {
+			if st.Name == "b" && st.State.Running != nil {
+				return st.RestartCount
+			}
+		}
+		return -1
+	}
+	restartB := func(phase string) {
+		t.Helper()
+		was := restartCount()
+		if _, err := host("/bin/busybox pkill -f worker-b"); err != nil {
+			t.Fatalf("%s: kill b: %v", phase, err)
+		}
+		d := until(phase+": b running again", func() bool { return restartCount() > was })
+		t.Logf("%s: b restarted (a new container and cgroup) and running %v after the kill", phase, d.Round(10*time.Millisecond))
+	}
+	daemon := func(name, pattern, ready string) {
+		t.Helper()
+		start := time.Now()
+		_, _ = host("/bin/busybox pkill -x " + pattern) // the stream may die with the daemon
+		until(name+" back", func() bool {
+			out, err := host(ready)
+			return err == nil && strings.TrimSpace(out) != ""
+		})
+		t.Logf("%s killed: back (%s) %v later", name, ready, time.Since(start).Round(10*time.Millisecond))
+		n = grown(name, n)
+	}
+	daemon("agent", "execgate-agent", "/bin/busybox wget -q -O- http://127.0.0.1:9091/readyz")
+	restartB("after the agent's restart")
+	daemon("kubelet", "kubelet", "/bin/busybox wget -q -O- http://127.0.0.1:10248/healthz")
+	daemon("containerd", "containerd", "/bin/busybox wget -q -O- http://127.0.0.1:9090/metrics | /bin/busybox grep '^execgate_agent_nri_connected 1'")
+	restartB("after containerd's restart")
+	n = grown("end", n)
+
+	a, b, err := outcomes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := 0
+	for _, r := range a {
+		if r != "ran" {
+			wrong++
+		}
+	}
+	for _, r := range b {
+		if r != "denied" {
+			wrong++
+		}
+	}
+	t.Logf("%d outcomes of a (may run id), %d of b (may not), %d wrong", len(a), len(b), wrong)
+	if wrong != 0 {
+		t.Fatalf("%d wrong decisions across the restarts", wrong)
+	}
 }
 
 // bindTimes are the agent's "bound by name before its start" lines for pod's

@@ -60,7 +60,13 @@ echo "+cpuset +cpu +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control ||
 $B mkdir -p /var/lib/containerd /var/lib/kubelet /var/log/pods /var/log /run/containerd /var/run/nri /tmp /root
 $B chmod 1777 /tmp
 echo "REALNODE network $($B ip -4 -o addr show dev eth0)"
-containerd --config /etc/containerd/config.toml >/var/log/containerd.log 2>&1 &
+# Each daemon runs under a restart loop, as a service manager would run it: a test
+# kills one (TestRealNodeRestarts) and it comes back; each exit is a mark.
+supervise() {
+	name=$1; shift
+	( while true; do "$@"; echo "REALNODE exited $name $?"; $B sleep 1; done ) &
+}
+supervise containerd sh -c 'exec containerd --config /etc/containerd/config.toml >>/var/log/containerd.log 2>&1'
 i=0
 until [ -S /run/containerd/containerd.sock ]; do
 	i=$((i+1))
@@ -76,8 +82,8 @@ for img in /images/*.tar; do
 	ctr -n k8s.io images import "$img" >/dev/null || fail import $img
 done
 echo "REALNODE containerd ready"
-%[4]skubelet --config=/etc/kubelet/config.yaml --kubeconfig=/etc/kubelet/kubeconfig \
-	--hostname-override=%[1]s --node-ip=%[2]s >/var/log/kubelet.log 2>&1 &
+%[4]ssupervise kubelet sh -c 'exec kubelet --config=/etc/kubelet/config.yaml --kubeconfig=/etc/kubelet/kubeconfig \
+	--hostname-override=%[1]s --node-ip=%[2]s >>/var/log/kubelet.log 2>&1'
 echo "REALNODE kubelet started"
 exec $B tail -n +1 -F /var/log/kubelet.log /var/log/containerd.log
 `, nc.Name, nc.Link.NodeIP, nc.Link.HostIP, agentStart(nc.Agent))
@@ -94,7 +100,7 @@ func agentStart(a *AgentConfig) string {
 	for i, arg := range a.Args {
 		quoted[i] = kernels.ShellQuote(arg)
 	}
-	return `execgate-agent ` + strings.Join(quoted, " ") + ` >/var/log/agent.log 2>&1 &
+	return `supervise agent sh -c ` + kernels.ShellQuote(`exec execgate-agent `+strings.Join(quoted, " ")+` >>/var/log/agent.log 2>&1`) + `
 i=0
 until $B wget -q -O /dev/null http://127.0.0.1:9091/readyz; do
 	i=$((i+1))

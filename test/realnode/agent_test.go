@@ -363,7 +363,10 @@ done # worker-` + name}
 	restartB := func(phase string) {
 		t.Helper()
 		was := restartCount()
-		if _, err := host("/bin/busybox pkill -f worker-b"); err != nil {
+		// busybox-static has no pkill: find b's loop by its command line (the pattern
+		// does not match this script's own), SIGKILL, the one signal a pid
+		// namespace's init gets from outside it.
+		if _, err := host(`for p in /proc/[0-9]*; do /bin/busybox grep -q 'worker-[b]' $p/cmdline 2>/dev/null && /bin/busybox kill -9 ${p#/proc/}; done; true`); err != nil {
 			t.Fatalf("%s: kill b: %v", phase, err)
 		}
 		d := until(phase+": b running again", func() bool { return restartCount() > was })
@@ -372,8 +375,16 @@ done # worker-` + name}
 	daemon := func(name, pattern, ready string) {
 		t.Helper()
 		start := time.Now()
-		_, _ = host("/bin/busybox pkill -x " + pattern) // the stream may die with the daemon
+		old, err := host("/bin/busybox pidof " + pattern)
+		if old = strings.TrimSpace(old); err != nil || old == "" {
+			t.Fatalf("%s: no process %s on the node (%v)", name, pattern, err)
+		}
+		_, _ = host("/bin/busybox killall " + pattern) // the stream may die with the daemon
 		until(name+" back", func() bool {
+			pid, err := host("/bin/busybox pidof " + pattern)
+			if pid = strings.TrimSpace(pid); err != nil || pid == "" || pid == old {
+				return false
+			}
 			out, err := host(ready)
 			return err == nil && strings.TrimSpace(out) != ""
 		})

@@ -8,16 +8,18 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/execgate/execgate/bpf"
 	"github.com/execgate/execgate/internal/execpath"
 )
 
-// Mode is what a binding does with an executable outside its allowlist.
+// Mode is what a binding does with an executable outside its allowlist. The
+// values are the kernel program's (bpf2go-generated), never copied by hand.
 type Mode uint8
 
 const (
-	ModeLearn   Mode = 1 // allow and record
-	ModeMonitor Mode = 2 // allow and report
-	ModeProtect Mode = 3 // deny with EPERM and report
+	ModeLearn   = Mode(bpf.ExecgateModeMODE_LEARN)   // allow and record
+	ModeMonitor = Mode(bpf.ExecgateModeMODE_MONITOR) // allow and report
+	ModeProtect = Mode(bpf.ExecgateModeMODE_PROTECT) // deny with EPERM and report
 )
 
 func (m Mode) String() string {
@@ -45,13 +47,14 @@ func ParseMode(s string) (Mode, error) {
 	return 0, fmt.Errorf("unknown mode %q: want Learn, Monitor or Protect", s)
 }
 
-// Action is what the kernel did with an exec outside the allowlist.
+// Action is what the kernel did with an exec outside the allowlist (the
+// kernel program's values).
 type Action uint8
 
 const (
-	ActionLearned  Action = 1
-	ActionReported Action = 2
-	ActionDenied   Action = 3
+	ActionLearned  = Action(bpf.ExecgateActionACTION_LEARNED)
+	ActionReported = Action(bpf.ExecgateActionACTION_REPORTED)
+	ActionDenied   = Action(bpf.ExecgateActionACTION_DENIED)
 )
 
 func (a Action) String() string {

@@ -256,10 +256,87 @@ func TestRealNodeProtect(t *testing.T) {
 		}
 	})
 
+	t.Run("init and ephemeral containers get their own rules", func(t *testing.T) {
+		testInitAndEphemeral(t, ctx, c, protect)
+	})
+
 	// Last: it restarts the node's daemons.
 	t.Run("restarts of agent, kubelet, containerd and a container, execs throughout", func(t *testing.T) {
 		testRestarts(t, ctx, c, protect)
 	})
+}
+
+// testInitAndEphemeral: an init container runs under its own rules (here it may
+// run /bin/id, the main container may not), and an ephemeral debug container
+// (kubectl debug) is a container the policy does not name: the wildcard's rules,
+// none here, so under Protect not even its shell runs.
+func testInitAndEphemeral(t *testing.T, ctx context.Context, c *cluster.Cluster, protect func(string, v1alpha1.RulesByContainer) *v1alpha1.WorkloadPolicy) {
+	const ns = "realnode"
+	policy := protect("init-eph", v1alpha1.RulesByContainer{
+		"init": {Executables: []string{"/bin/busybox", "/bin/id"}},
+		"main": {Executables: []string{"/bin/busybox"}},
+	})
+	no := false
+	script := []string{"/bin/sh", "-c", "/bin/id -u; echo entrypoint-done; exec /bin/sleep 3600"}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "init-eph", Namespace: ns, Labels: map[string]string{v1alpha1.PolicyLabel: policy.Name}},
+		Spec: corev1.PodSpec{
+			AutomountServiceAccountToken: &no,
+			InitContainers: []corev1.Container{{Name: "init", Image: TestImage, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/bin/sh", "-c", "/bin/id -u; echo entrypoint-done"}}},
+			Containers: []corev1.Container{{Name: "main", Image: TestImage, ImagePullPolicy: corev1.PullNever, Command: script}},
+		},
+	}
+	runPod(t, ctx, c, pod)
+	logs := func(container string) string {
+		t.Helper()
+		var out string
+		waitFor(t, ctx, container+" ran its entrypoint", func() (bool, error) {
+			b, err := c.Client.CoreV1().Pods(ns).GetLogs(pod.Name, &corev1.PodLogOptions{Container: container}).DoRaw(ctx)
+			out = string(b)
+			return err == nil && strings.Contains(out, "entrypoint-done"), nil
+		})
+		return out
+	}
+	initLog, mainLog := logs("init"), logs("main")
+	t.Logf("init's log %q; main's log %q", initLog, mainLog)
+	if !strings.HasPrefix(initLog, "0\n") {
+		t.Fatalf("the init container may run /bin/id: its log %q", initLog)
+	}
+	if strings.HasPrefix(mainLog, "0\n") || !strings.Contains(strings.ToLower(mainLog), "not permitted") {
+		t.Fatalf("main may not run /bin/id: its log %q", mainLog)
+	}
+
+	p, err := c.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Spec.EphemeralContainers = append(p.Spec.EphemeralContainers, corev1.EphemeralContainer{
+		EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debugger", Image: TestImage, ImagePullPolicy: corev1.PullNever,
+			Command: []string{"/bin/sh", "-c", "/bin/id -u"}, TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError},
+		TargetContainerName: "main",
+	})
+	if _, err := c.Client.CoreV1().Pods(ns).UpdateEphemeralContainers(ctx, pod.Name, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var why string
+	waitFor(t, ctx, "the debug container's end", func() (bool, error) {
+		p, err := c.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, st := range p.Status.EphemeralContainerStatuses {
+			if term := st.State.Terminated; st.Name == "debugger" && term != nil {
+				why = fmt.Sprintf("%s (exit %d): %s", term.Reason, term.ExitCode, strings.TrimSpace(term.Message))
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	t.Logf("the debug container: %s", why)
+	if !strings.Contains(why, "operation not permitted") || strings.HasPrefix(strings.TrimSpace(why[strings.Index(why, ":")+1:]), "0") {
+		t.Fatalf("the ephemeral container ran under Protect: %s", why)
+	}
 }
 
 // testRestarts: containers a (may run /bin/id) and b (may not) exec id in a loop

@@ -21,6 +21,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -119,7 +120,7 @@ func applyCRDs(t *testing.T, c *cluster.Cluster) {
 //     of rules, until the kubelet reports b: the window NRI closes.
 func TestRealNodeProtect(t *testing.T) {
 	c, node := startNode(t, agentConfig)
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	const ns = "realnode"
 	if err := c.CreateNamespace(ctx, ns); err != nil {
@@ -260,6 +261,10 @@ func TestRealNodeProtect(t *testing.T) {
 		testInitAndEphemeral(t, ctx, c, protect)
 	})
 
+	t.Run("pods deleted by the real kubelet leave nothing bound", func(t *testing.T) {
+		testDeletionCycles(t, ctx, c, protect)
+	})
+
 	// Last: it restarts the node's daemons.
 	t.Run("restarts of agent, kubelet, containerd and a container, execs throughout", func(t *testing.T) {
 		testRestarts(t, ctx, c, protect)
@@ -339,6 +344,125 @@ func testInitAndEphemeral(t *testing.T, ctx context.Context, c *cluster.Cluster,
 	}
 }
 
+// nodeShell is the node's shell (as kubectl debug node gives one): a pod in the
+// host's PID and network namespaces, privileged, not enforced. It is made once.
+func nodeShell(t *testing.T, ctx context.Context, c *cluster.Cluster) func(script string) (string, error) {
+	t.Helper()
+	const ns = "realnode"
+	if _, err := c.Client.CoreV1().Pods(ns).Get(ctx, "ctl", metav1.GetOptions{}); err != nil {
+		no, yes := false, true
+		runPod(t, ctx, c, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "ctl", Namespace: ns},
+			Spec: corev1.PodSpec{
+				AutomountServiceAccountToken: &no, HostPID: true, HostNetwork: true,
+				Containers: []corev1.Container{{Name: "ctl", Image: TestImage, ImagePullPolicy: corev1.PullNever,
+					Command: []string{"/bin/sleep", "36000"}, SecurityContext: &corev1.SecurityContext{Privileged: &yes}}},
+			},
+		})
+	}
+	return func(script string) (string, error) {
+		out, stderr, err := execIn(ctx, c, ns, "ctl", "ctl", "/bin/sh", "-c", script)
+		if err != nil {
+			return out, fmt.Errorf("%w: %s", err, stderr)
+		}
+		return out, nil
+	}
+}
+
+// agentMapEntries reads execgate_agent_map_entries from the agent's metrics.
+func agentMapEntries(t *testing.T, host func(string) (string, error)) map[string]int {
+	t.Helper()
+	out, err := host("/bin/busybox wget -q -O- http://127.0.0.1:9090/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := map[string]int{}
+	for _, line := range strings.Split(out, "\n") {
+		var m string
+		var n float64
+		if _, err := fmt.Sscanf(line, "execgate_agent_map_entries{map=%q} %g", &m, &n); err == nil {
+			entries[m] = int(n)
+		}
+	}
+	if len(entries) == 0 {
+		t.Fatalf("no execgate_agent_map_entries in the agent's metrics")
+	}
+	return entries
+}
+
+// testDeletionCycles: rounds of Protect pods started and deleted by the real
+// kubelet; afterwards the agent's bindings, mount namespace pins and rules are
+// what they were before, and no pod cgroup of theirs is left.
+func testDeletionCycles(t *testing.T, ctx context.Context, c *cluster.Cluster, protect func(string, v1alpha1.RulesByContainer) *v1alpha1.WorkloadPolicy) {
+	const ns, rounds, perRound = "realnode", 5, 8
+	host := nodeShell(t, ctx, c)
+	policy := protect("cycle", v1alpha1.RulesByContainer{"main": {Executables: []string{"/bin/busybox"}}})
+	before := agentMapEntries(t, host)
+	no := false
+	start := time.Now()
+	var uids []string
+	for r := range rounds {
+		var names []string
+		for i := range perRound {
+			name := fmt.Sprintf("cycle-%d-%d", r, i)
+			names = append(names, name)
+			pod := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{v1alpha1.PolicyLabel: policy.Name}},
+				Spec: corev1.PodSpec{AutomountServiceAccountToken: &no, Containers: []corev1.Container{{Name: "main", Image: TestImage,
+					ImagePullPolicy: corev1.PullNever, Command: []string{"/bin/sh", "-c", "/bin/id -u; exec /bin/sleep 3600"}}}},
+			}
+			created, err := c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			uids = append(uids, string(created.UID))
+		}
+		for _, name := range names {
+			waitFor(t, ctx, name+" Running", func() (bool, error) {
+				p, err := c.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+				return err == nil && p.Status.Phase == corev1.PodRunning, err
+			})
+		}
+		for _, name := range names {
+			if err := c.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, name := range names {
+			waitFor(t, ctx, name+" gone", func() (bool, error) {
+				_, err := c.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+				return apierrors.IsNotFound(err), nil
+			})
+		}
+	}
+	t.Logf("%d pods started and deleted in %d rounds in %v", rounds*perRound, rounds, time.Since(start).Round(time.Second))
+	var after map[string]int
+	gc := time.Now()
+	waitFor(t, ctx, "the agent back to where it was", func() (bool, error) {
+		after = agentMapEntries(t, host)
+		for _, m := range []string{"bindings", "mntns_pins", "exact_rules", "prefix_rules", "slot_info"} {
+			if after[m] > before[m] {
+				return false, fmt.Errorf("map %s: %d entries, %d before", m, after[m], before[m])
+			}
+		}
+		return true, nil
+	})
+	t.Logf("map entries before %v, after %v (%v after the last deletion)", before, after, time.Since(gc).Round(time.Second))
+	var left []string
+	for _, uid := range uids {
+		out, err := host("/bin/busybox find /sys/fs/cgroup/kubepods -maxdepth 2 -type d -name 'pod" + uid + "'")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(out) != "" {
+			left = append(left, strings.TrimSpace(out))
+		}
+	}
+	if len(left) > 0 {
+		t.Fatalf("pod cgroups left after deletion: %v", left)
+	}
+}
+
 // testRestarts: containers a (may run /bin/id) and b (may not) exec id in a loop
 // and log each outcome to a shared emptyDir, while the agent, the kubelet and
 // containerd are killed in turn (the node's restart loops bring them back) and b
@@ -352,7 +476,7 @@ func testRestarts(t *testing.T, ctx context.Context, c *cluster.Cluster, protect
 		"a": {Executables: []string{"/bin/busybox", "/bin/id"}},
 		"b": {Executables: []string{"/bin/busybox"}},
 	})
-	no, yes := false, true
+	no := false
 	loop := func(name string) []string {
 		return []string{"/bin/sh", "-c", `while true; do
 	if /bin/id -u >/dev/null 2>&1; then r=ran; else r=denied; fi
@@ -372,25 +496,8 @@ done # worker-` + name}
 			},
 		},
 	}
-	// ctl is the node's shell (as kubectl debug node gives one): host PID and
-	// network namespaces, privileged, not enforced.
-	ctl := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "ctl", Namespace: ns},
-		Spec: corev1.PodSpec{
-			AutomountServiceAccountToken: &no, HostPID: true, HostNetwork: true,
-			Containers: []corev1.Container{{Name: "ctl", Image: TestImage, ImagePullPolicy: corev1.PullNever,
-				Command: []string{"/bin/sleep", "36000"}, SecurityContext: &corev1.SecurityContext{Privileged: &yes}}},
-		},
-	}
-	runPod(t, ctx, c, ctl)
+	host := nodeShell(t, ctx, c)
 	runPod(t, ctx, c, worker)
-	host := func(script string) (string, error) {
-		out, stderr, err := execIn(ctx, c, ns, "ctl", "ctl", "/bin/sh", "-c", script)
-		if err != nil {
-			return out, fmt.Errorf("%w: %s", err, stderr)
-		}
-		return out, nil
-	}
 	outcomes := func() (a, b []string, err error) {
 		out, _, err := execIn(ctx, c, ns, "worker", "a", "/bin/cat", "/data/a")
 		if err != nil {

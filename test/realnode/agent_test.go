@@ -394,7 +394,7 @@ func agentMapEntries(t *testing.T, host func(string) (string, error)) map[string
 // kubelet; afterwards the agent's bindings, mount namespace pins and rules are
 // what they were before, and no pod cgroup of theirs is left.
 func testDeletionCycles(t *testing.T, ctx context.Context, c *cluster.Cluster, protect func(string, v1alpha1.RulesByContainer) *v1alpha1.WorkloadPolicy) {
-	const ns, rounds, perRound = "realnode", 5, 8
+	const ns, rounds, perRound = "realnode", 3, 6
 	host := nodeShell(t, ctx, c)
 	policy := protect("cycle", v1alpha1.RulesByContainer{"main": {Executables: []string{"/bin/busybox"}}})
 	before := agentMapEntries(t, host)

@@ -798,6 +798,18 @@ const nriPolicyWait = 1500 * time.Millisecond
 // has not received yet waits for it, and past nriPolicyWait the start fails:
 // the kubelet retries it, and the pod's events say why.
 func (a *Agent) ContainerStarting(ctx context.Context, pod nri.Pod, cid, name string) error {
+	return a.containerStarted(ctx, pod, cid, name, true)
+}
+
+// ContainerRunning implements nri.Backend: a container that already runs
+// (the runtime's Synchronize) is named and bound like a starting one, without
+// waiting for a policy that has not arrived: Synchronize must answer within
+// the runtime's registration timeout, and the backstop binds the pod later.
+func (a *Agent) ContainerRunning(pod nri.Pod, cid, name string) error {
+	return a.containerStarted(context.Background(), pod, cid, name, false)
+}
+
+func (a *Agent) containerStarted(ctx context.Context, pod nri.Pod, cid, name string, wait bool) error {
 	if pod.UID == "" || cid == "" || name == "" {
 		return fmt.Errorf("%w: container without pod uid, id or name", enforcer.ErrInvalid)
 	}
@@ -809,7 +821,7 @@ func (a *Agent) ContainerStarting(ctx context.Context, pod nri.Pod, cid, name st
 			err = a.bindStartingLocked(pod.UID, cid, name)
 		}
 		a.mu.Unlock()
-		if known || err != nil || pod.Policy == "" {
+		if known || err != nil || pod.Policy == "" || !wait {
 			return err
 		}
 		if time.Now().After(deadline) {

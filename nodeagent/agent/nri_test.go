@@ -82,8 +82,13 @@ func TestNRIWaitsForTheLabelledPodsPolicy(t *testing.T) {
 		t.Fatalf("an unlabelled pod waited %v", d)
 	}
 
-	// Labelled, the policy never comes: the start fails, saying why.
+	// Labelled, the policy never comes: the start fails, saying why; a container
+	// that runs already (Synchronize) is not waited for.
 	lost := nri.Pod{UID: podUID(0x81), Namespace: "ns", Name: "lost", Policy: "two"}
+	start = time.Now()
+	if err := a.ContainerRunning(lost, containerID(0x81), "b"); err != nil || time.Since(start) > nriPolicyWait/2 {
+		t.Fatalf("Synchronize of an unknown labelled pod: %v after %v, want nil at once", err, time.Since(start))
+	}
 	err := a.ContainerStarting(context.Background(), lost, containerID(0x81), "b")
 	if err == nil || !strings.Contains(err.Error(), "policy ns/two of pod ns/lost is not on node") {
 		t.Fatalf("a labelled pod without its policy: %v, want the start refused", err)

@@ -44,6 +44,9 @@ type Backend interface {
 	// without error. An error fails the container's start (the kubelet
 	// retries it), so a labelled pod's container never starts unbound.
 	ContainerStarting(ctx context.Context, pod Pod, id, name string) error
+	// ContainerRunning: the container runs already (Synchronize); bind it
+	// if its pod is known, without waiting.
+	ContainerRunning(pod Pod, id, name string) error
 }
 
 func podOf(p *api.PodSandbox) Pod {
@@ -144,14 +147,14 @@ func (p *Plugin) serve(ctx context.Context) error {
 // handler is the stub's plugin: the events it implements are the ones it subscribes to.
 type handler struct{ p *Plugin }
 
-func (h *handler) Synchronize(ctx context.Context, pods []*api.PodSandbox, ctrs []*api.Container) ([]*api.ContainerUpdate, error) {
+func (h *handler) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []*api.Container) ([]*api.ContainerUpdate, error) {
 	byID := make(map[string]*api.PodSandbox, len(pods))
 	for _, pod := range pods {
 		byID[pod.GetId()] = pod
 	}
 	var errs []error
 	for _, c := range ctrs {
-		if err := h.p.Backend.ContainerStarting(ctx, podOf(byID[c.GetPodSandboxId()]), c.GetId(), c.GetName()); err != nil {
+		if err := h.p.Backend.ContainerRunning(podOf(byID[c.GetPodSandboxId()]), c.GetId(), c.GetName()); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"google.golang.org/protobuf/types/known/timestamppb"
 	"os"
 	"path/filepath"
 	"sort"
@@ -12,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,6 +60,10 @@ type Options struct {
 
 // Agent implements server.Backend on top of an Enforcer and a cgroup watcher.
 type Agent struct {
+	// policyExists, once the backstop's caches synced, says whether a
+	// WorkloadPolicy exists (namespace, name): NRI waits only for those.
+	policyExists atomic.Pointer[func(namespace, name string) bool]
+
 	opts    Options
 	enf     *enforcer.Enforcer
 	layout  cgroups.Layout
@@ -786,9 +791,19 @@ const (
 )
 
 // nriPolicyWait bounds how long a labelled pod's container start waits for
-// the pod's policy (the push before binding, or the backstop); below the
-// runtime's NRI request timeout (containerd: 2 s).
+// the pod's policy (the push before binding, or the backstop), lock waits
+// included; below the runtime's NRI request timeout (containerd: 2 s), which
+// would let the start go ahead without the plugin.
 const nriPolicyWait = 1500 * time.Millisecond
+
+// waitsForPolicy: a container of an unknown pod labelled for policy waits only
+// when the backstop knows the policy exists. A label naming no policy leaves
+// the pod unenforced, as the webhook says (it is not a reason to block the
+// node's container starts), and without the backstop nothing could bring it.
+func (a *Agent) waitsForPolicy(pod nri.Pod) bool {
+	f := a.policyExists.Load()
+	return pod.Policy != "" && f != nil && (*f)(pod.Namespace, pod.Policy)
+}
 
 // ContainerStarting implements nri.Backend: the container's cgroup exists
 // (runc create is done) and its first exec has not happened (runc start has
@@ -814,14 +829,25 @@ func (a *Agent) containerStarted(ctx context.Context, pod nri.Pod, cid, name str
 		return fmt.Errorf("%w: container without pod uid, id or name", enforcer.ErrInvalid)
 	}
 	deadline := time.Now().Add(nriPolicyWait)
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < nriPolicyWait+200*time.Millisecond {
+		deadline = d.Add(-200 * time.Millisecond)
+	}
+	wait = wait && a.waitsForPolicy(pod)
 	for {
-		a.mu.Lock()
+		// The lock is waited for within the same budget: a long ApplyPodPolicy
+		// (an RCU grace period) must not push the answer past the runtime's timeout.
+		for !a.mu.TryLock() {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("execgate: container %s of pod %s/%s not bound: the agent is busy past the runtime's deadline", name, pod.Namespace, pod.Name)
+			}
+			time.Sleep(time.Millisecond)
+		}
 		known, err := a.nameContainerLocked(pod.UID, cid, name)
 		if known && err == nil {
 			err = a.bindStartingLocked(pod.UID, cid, name)
 		}
 		a.mu.Unlock()
-		if known || err != nil || pod.Policy == "" || !wait {
+		if known || err != nil || !wait {
 			return err
 		}
 		if time.Now().After(deadline) {

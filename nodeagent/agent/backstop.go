@@ -106,6 +106,10 @@ func (a *Agent) runBackstop(ctx context.Context) error {
 		log:           a.log.Named("backstop"),
 		labelReported: map[string]string{},
 	}
+	exists := func(namespace, name string) bool {
+		_, ok, err := b.policies.GetStore().GetByKey(namespace + "/" + name)
+		return ok && err == nil
+	}
 	defer b.queue.ShutDown()
 	broadcaster := events.NewBroadcaster(NodeEventSink(bs.Kube, node))
 	if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
@@ -128,6 +132,7 @@ func (a *Agent) runBackstop(ctx context.Context) error {
 		}
 		return errors.New("backstop: informer caches did not sync")
 	}
+	a.policyExists.Store(&exists)
 	b.log.Info("backstop watching pods and workload policies", zap.Int("local_pods", len(b.pods.GetStore().ListKeys())))
 	stop := context.AfterFunc(ctx, b.queue.ShutDown)
 	defer stop()

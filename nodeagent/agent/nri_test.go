@@ -66,12 +66,21 @@ func TestNRIBindsContainerBeforeStart(t *testing.T) {
 }
 
 // TestNRIWaitsForTheLabelledPodsPolicy: a container of a pod labelled for a
-// policy the agent does not have yet does not start unbound: StartContainer
-// waits for the policy, binds when it arrives, and fails past the wait.
+// policy that exists, which the agent does not have yet, does not start
+// unbound: StartContainer waits for the policy, binds when it arrives, and
+// fails past the wait. A label naming no policy blocks nothing.
 func TestNRIWaitsForTheLabelledPodsPolicy(t *testing.T) {
 	n := newTestNodeEnv(t, cgroups.DriverSystemd)
 	e := n.newEnforcer(t)
 	a := n.startAgent(t, e, nil)
+	exists := func(ns, name string) bool { return ns == "ns" && name == "two" } // the backstop's cache
+	a.policyExists.Store(&exists)
+
+	// Labelled for a policy that does not exist: unenforced, as the webhook says; no wait.
+	start0 := time.Now()
+	if err := a.ContainerStarting(context.Background(), nri.Pod{UID: podUID(0x83), Namespace: "ns", Name: "typo", Policy: "tow"}, containerID(0x83), "x"); err != nil || time.Since(start0) > nriPolicyWait/2 {
+		t.Fatalf("a label naming no policy: %v after %v, want nil at once", err, time.Since(start0))
+	}
 
 	// Not labelled, not known: not the agent's, no wait.
 	start := time.Now()

@@ -317,6 +317,9 @@ func (e *Enforcer) loadPrograms(mode AttachMode, progs []string) error {
 		for _, name := range pinned {
 			spec.Maps[name].Pinning = ebpf.PinByName
 			e.adoptPinnedSize(spec.Maps[name])
+			if err := e.retireIfIncompatible(spec.Maps[name]); err != nil {
+				return err
+			}
 		}
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, opts)

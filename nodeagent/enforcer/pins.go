@@ -35,6 +35,41 @@ const (
 	slotInfoMap = "slot_info"
 )
 
+// disposable are the pinned maps whose content a new agent may lose: counters
+// (Prometheus sees a reset), working memory, the event ring, and the runtime
+// executables (looked up again at start). Their layout changes with the
+// program (a new counter); an old pin of another layout is replaced, not a
+// reason to stop. Bindings, rules, pins and the key are state: an
+// incompatible one still stops the load.
+var disposable = map[string]bool{
+	bpf.ExecgateMapStats: true, bpf.ExecgateMapScratch: true, bpf.ExecgateMapEvents: true,
+	bpf.ExecgateMapRuntimeFiles: true,
+}
+
+// retireIfIncompatible unpins a disposable map whose pinned layout is not
+// ms's, so the load creates and pins a new one. The running program keeps
+// its own until its link is replaced.
+func (e *Enforcer) retireIfIncompatible(ms *ebpf.MapSpec) error {
+	if !disposable[ms.Name] {
+		return nil
+	}
+	path := filepath.Join(e.cfg.PinDir, ms.Name)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		return nil // none pinned (or unreadable: the load says so)
+	}
+	defer m.Close()
+	cerr := ms.Compatible(m)
+	if cerr == nil {
+		return nil
+	}
+	e.log.Warn("replacing a pinned map of an older layout (its content is disposable)", zap.String("map", ms.Name), zap.Error(cerr))
+	if err := m.Unpin(); err != nil {
+		return fmt.Errorf("unpin %s of an older layout: %w", path, err)
+	}
+	return nil
+}
+
 // adoptPinnedSize keeps the size of an already pinned map, so a changed flag
 // does not make the pin "incompatible" and force a protection gap.
 func (e *Enforcer) adoptPinnedSize(ms *ebpf.MapSpec) {

@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cilium/ebpf"
+	"github.com/execgate/execgate/bpf"
 	"github.com/execgate/execgate/internal/testenv"
 )
 
@@ -185,4 +187,39 @@ func TestSandboxPathsInUnionOnly(t *testing.T) {
 		want(t, run(t, ctr, nil, pause), denied)
 		want(t, run(t, ctr, nil, "/usr/bin/id", "-u"), ran)
 	})
+}
+
+// TestOlderPinnedCountersReplaced: a pinned counters map of an older layout
+// (one counter fewer, as before STAT_RUNTIME) is replaced at load, not a
+// reason to refuse to start; state maps are kept.
+func TestOlderPinnedCountersReplaced(t *testing.T) {
+	testenv.RequireBPF(t)
+	dir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("execgate-test-oldstats-%d", os.Getpid()))
+	if err := EnsureBPFFS(dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = Cleanup(dir) })
+	spec, err := bpf.LoadExecgate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := spec.Maps[bpf.ExecgateMapStats].Copy()
+	old.ValueSize -= 8
+	old.Pinning = ebpf.PinNone
+	m, err := ebpf.NewMap(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Pin(filepath.Join(dir, bpf.ExecgateMapStats)); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	e, err := New(Config{PinDir: dir, Attach: AttachExecKill})
+	if err != nil {
+		t.Fatalf("an older counters layout stopped the load: %v", err)
+	}
+	defer e.Close()
+	if _, err := e.Stats(); err != nil {
+		t.Fatalf("counters after the replacement: %v", err)
+	}
 }

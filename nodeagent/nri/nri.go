@@ -121,8 +121,11 @@ func (p *Plugin) serve(ctx context.Context) error {
 	if _, err := os.Stat(p.Socket); err != nil {
 		return err
 	}
+	// A runtime that honours failure policies (NRI 0.9+) fails a request this
+	// plugin could not answer instead of running the container without it.
 	s, err := stub.New(&handler{p: p}, stub.WithPluginName("execgate"), stub.WithPluginIdx("00"),
-		stub.WithSocketPath(p.Socket), stub.WithLogger(nriLogger{p.Log}))
+		stub.WithSocketPath(p.Socket), stub.WithLogger(nriLogger{p.Log}),
+		stub.WithFailurePolicy(&api.FailurePolicy{FailRequest: true, KeepConnected: true}))
 	if err != nil {
 		return fmt.Errorf("nri plugin: %w", err)
 	}

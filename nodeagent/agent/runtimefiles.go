@@ -32,10 +32,11 @@ const DefaultHostRoot = "/proc/1/root"
 // RuntimeFiles keeps the kernel's list of the node's container runtime
 // executables current (see enforcer/runtime.go: their re-exec of themselves
 // in a container's cgroup is exempt). It looks them up through the host's
-// root, so an agent in a pod needs no host mount, and again every interval:
-// a runtime upgraded in place is a new inode. An inode that disappeared stays
-// listed one more round, for a runtime process of the old file still
-// starting a container.
+// root, so an agent in a pod needs no host mount, and again every interval
+// (the GC round): a runtime upgraded in place is a new inode, named within a
+// round. An inode that disappeared stays listed one more round (an earlier
+// agent's pinned list counts as the round before), for a runtime process of
+// the old file still starting a container.
 type RuntimeFiles struct {
 	Enforcer *enforcer.Enforcer
 	// Root is the host's root directory ("/" on the host itself).
@@ -60,7 +61,7 @@ func (r *RuntimeFiles) Sync() error {
 	)
 	for _, name := range r.Names {
 		for _, p := range candidates(name) {
-			id, err := r.lookup(p)
+			named, err := r.lookup(p)
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
 			}
@@ -68,16 +69,24 @@ func (r *RuntimeFiles) Sync() error {
 				errs = append(errs, err)
 				continue
 			}
-			if !slices.Contains(ids, id) {
-				ids = append(ids, id)
-				found = append(found, p+" ("+id.String()+")")
+			for _, id := range named {
+				if !slices.Contains(ids, id) {
+					ids = append(ids, id)
+					found = append(found, p+" ("+id.String()+")")
+				}
 			}
+		}
+	}
+	if r.previous == nil {
+		// A new agent: what an earlier one listed (pinned) is the previous round.
+		if pinned, err := r.Enforcer.RuntimeFiles(); err == nil {
+			r.previous = pinned
 		}
 	}
 	all := slices.Clone(ids)
 	for _, id := range r.previous {
-		if !slices.Contains(all, id) {
-			all = append(all, id)
+		if !slices.Contains(all, id) && len(all) < enforcer.MaxRuntimeFiles {
+			all = append(all, id) // the current ones first: a full map drops old inodes
 		}
 	}
 	if err := r.Enforcer.SetRuntimeFiles(all); err != nil {
@@ -118,16 +127,16 @@ func candidates(name string) []string {
 
 // lookup resolves host path p inside Root (an absolute symlink target is the
 // host's, not the agent's) and names its file as the kernel does.
-func (r *RuntimeFiles) lookup(p string) (enforcer.FileID, error) {
+func (r *RuntimeFiles) lookup(p string) ([]enforcer.FileID, error) {
 	resolved, err := resolveIn(r.Root, p)
 	if err != nil {
-		return enforcer.FileID{}, err
+		return nil, err
 	}
-	id, err := enforcer.KernelFileID(filepath.Join(r.Root, resolved))
+	ids, err := enforcer.KernelFileIDs(filepath.Join(r.Root, resolved))
 	if err != nil {
-		return enforcer.FileID{}, fmt.Errorf("runtime executable %s: %w", p, err)
+		return nil, fmt.Errorf("runtime executable %s: %w", p, err)
 	}
-	return id, nil
+	return ids, nil
 }
 
 // resolveIn follows the symlinks of host path p with root as "/", and

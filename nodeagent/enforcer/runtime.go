@@ -37,8 +37,28 @@ func (f FileID) String() string {
 	return fmt.Sprintf("%d:%d:%d", f.Dev>>20, f.Dev&(1<<20-1), f.Ino)
 }
 
-// maxRuntimeFiles is the map's size in the program.
-const maxRuntimeFiles = 64
+// MaxRuntimeFiles is the map's size in the program.
+const MaxRuntimeFiles = 64
+
+// KernelFileIDs names path's file as the kernel may: by its mapping (see
+// KernelFileID) and, where it differs, by stat (an overlayfs root on kernels
+// whose /proc/<pid>/maps shows the underlying file, not the overlay's).
+// Both name the same file; the kernel matches whichever it sees.
+func KernelFileIDs(path string) ([]FileID, error) {
+	id, err := KernelFileID(path)
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nil, err
+	}
+	byStat := FileID{Dev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev), Ino: st.Ino}
+	if byStat == id {
+		return []FileID{id}, nil
+	}
+	return []FileID{id, byStat}, nil
+}
 
 // KernelFileID names path's file as the kernel does. stat's st_dev is not
 // always the superblock's (btrfs reports a subvolume's own number), so the
@@ -128,8 +148,8 @@ func MountNamespace(pid int) (uint32, error) {
 // the top of this file). Entries not in ids are deleted after the new ones
 // are in, so an executable in both sets is never missing.
 func (e *Enforcer) SetRuntimeFiles(ids []FileID) error {
-	if len(ids) > maxRuntimeFiles {
-		return fmt.Errorf("%d runtime executables, at most %d", len(ids), maxRuntimeFiles)
+	if len(ids) > MaxRuntimeFiles {
+		return fmt.Errorf("%d runtime executables, at most %d", len(ids), MaxRuntimeFiles)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

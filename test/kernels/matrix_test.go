@@ -127,3 +127,20 @@ func TestConsoleVerdict(t *testing.T) {
 		})
 	}
 }
+
+func TestDispatchOrderWholeSuiteFirstInCI(t *testing.T) {
+	rows := []Row{{Name: "a", CISkip: "x"}, {Name: "b"}, {Name: "c", CIRun: "y"}, {Name: "d"}}
+	names := func(order []int) string {
+		var s string
+		for _, i := range order {
+			s += rows[i].Name
+		}
+		return s
+	}
+	if got := names(dispatchOrder(rows, true)); got != "bdac" {
+		t.Errorf("CI order %s, want bdac (whole-suite rows first, then the matrix's order)", got)
+	}
+	if got := names(dispatchOrder(rows, false)); got != "abcd" {
+		t.Errorf("full-run order %s, want the matrix's, abcd", got)
+	}
+}

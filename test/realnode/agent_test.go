@@ -186,17 +186,7 @@ func TestRealNodeProtect(t *testing.T) {
 			},
 		}
 		runPod(t, ctx, c, pod)
-		logs := func(container string) string {
-			t.Helper()
-			var out string
-			waitFor(t, ctx, container+" ran its entrypoint", func() (bool, error) {
-				b, err := c.Client.CoreV1().Pods(ns).GetLogs(pod.Name, &corev1.PodLogOptions{Container: container}).DoRaw(ctx)
-				out = string(b)
-				return err == nil && strings.Contains(out, "entrypoint-done"), nil
-			})
-			return out
-		}
-		a, b := logs("a"), logs("b")
+		a, b := entrypointLog(t, ctx, c, pod, "a"), entrypointLog(t, ctx, c, pod, "b")
 		t.Logf("a's log %q; b's log %q", a, b)
 		ranID := func(log string) bool { return strings.HasPrefix(log, "0\n") || strings.Contains(log, "\n0\n") }
 		if !ranID(a) {
@@ -293,17 +283,7 @@ func testInitAndEphemeral(t *testing.T, ctx context.Context, c *cluster.Cluster,
 		},
 	}
 	runPod(t, ctx, c, pod)
-	logs := func(container string) string {
-		t.Helper()
-		var out string
-		waitFor(t, ctx, container+" ran its entrypoint", func() (bool, error) {
-			b, err := c.Client.CoreV1().Pods(ns).GetLogs(pod.Name, &corev1.PodLogOptions{Container: container}).DoRaw(ctx)
-			out = string(b)
-			return err == nil && strings.Contains(out, "entrypoint-done"), nil
-		})
-		return out
-	}
-	initLog, mainLog := logs("init"), logs("main")
+	initLog, mainLog := entrypointLog(t, ctx, c, pod, "init"), entrypointLog(t, ctx, c, pod, "main")
 	t.Logf("init's log %q; main's log %q", initLog, mainLog)
 	if !strings.HasPrefix(initLog, "0\n") {
 		t.Fatalf("the init container may run /bin/id: its log %q", initLog)
@@ -601,6 +581,19 @@ done # worker-` + name}
 	if wrong != 0 {
 		t.Fatalf("%d wrong decisions across the restarts", wrong)
 	}
+}
+
+// entrypointLog waits until container of pod logged "entrypoint-done" and
+// returns its log.
+func entrypointLog(t *testing.T, ctx context.Context, c *cluster.Cluster, pod *corev1.Pod, container string) string {
+	t.Helper()
+	var out string
+	waitFor(t, ctx, container+" ran its entrypoint", func() (bool, error) {
+		b, err := c.Client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: container}).DoRaw(ctx)
+		out = string(b)
+		return err == nil && strings.Contains(out, "entrypoint-done"), nil
+	})
+	return out
 }
 
 // bindTimes are the agent's "bound by name before its start" lines for pod's

@@ -40,61 +40,56 @@ func (f FileID) String() string {
 // MaxRuntimeFiles is the map's size in the program.
 const MaxRuntimeFiles = 64
 
-// KernelFileIDs names path's file as the kernel may: by its mapping (see
-// KernelFileID) and, where it differs, by stat (an overlayfs root on kernels
-// whose /proc/<pid>/maps shows the underlying file, not the overlay's).
-// Both name the same file; the kernel matches whichever it sees.
+// KernelFileIDs names path's file as the kernel may: by its mapping and,
+// where it differs, by stat (an overlayfs root on kernels whose
+// /proc/<pid>/maps shows the underlying file, not the overlay's). Both name
+// the same file; the kernel matches whichever it sees. stat's st_dev alone is
+// not enough: btrfs reports a subvolume's own number, not the superblock's,
+// so the file is mapped and its mapping read back from /proc/self/maps,
+// which prints the superblock's device and the inode. An empty file, which
+// cannot be mapped, has its stat name only.
 func KernelFileIDs(path string) ([]FileID, error) {
-	id, err := KernelFileID(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
+	defer f.Close()
 	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return nil, err
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
 	byStat := FileID{Dev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev), Ino: st.Ino}
-	if byStat == id {
+	if st.Size == 0 {
+		return []FileID{byStat}, nil
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, 1, unix.PROT_READ, unix.MAP_PRIVATE)
+	if err != nil {
+		return []FileID{byStat}, nil
+	}
+	defer func() { _ = unix.Munmap(mem) }() // a mapping of our own: unmapping cannot fail
+	id, err := mappingID(uintptr(unsafe.Pointer(&mem[0])))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if id.Ino != st.Ino {
+		return nil, fmt.Errorf("%s: mapped inode %d is not the opened file's %d", path, id.Ino, st.Ino)
+	}
+	if id == byStat {
 		return []FileID{id}, nil
 	}
 	return []FileID{id, byStat}, nil
 }
 
-// KernelFileID names path's file as the kernel does. stat's st_dev is not
-// always the superblock's (btrfs reports a subvolume's own number), so the
-// file is mapped and its mapping read back from /proc/self/maps, which prints
-// the superblock's device and the inode; stat is the fallback for a file that
-// cannot be mapped (empty).
+// KernelFileID is the first of KernelFileIDs: the name the mapping shows.
 func KernelFileID(path string) (FileID, error) {
-	f, err := os.Open(path)
+	ids, err := KernelFileIDs(path)
 	if err != nil {
 		return FileID{}, err
 	}
-	defer f.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return FileID{}, fmt.Errorf("stat %s: %w", path, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return FileID{}, fmt.Errorf("%s is not a regular file", path)
-	}
-	byStat := FileID{Dev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev), Ino: st.Ino}
-	if st.Size == 0 {
-		return byStat, nil
-	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, 1, unix.PROT_READ, unix.MAP_PRIVATE)
-	if err != nil {
-		return byStat, nil
-	}
-	defer func() { _ = unix.Munmap(mem) }() // a mapping of our own: unmapping cannot fail
-	id, err := mappingID(uintptr(unsafe.Pointer(&mem[0])))
-	if err != nil {
-		return FileID{}, fmt.Errorf("%s: %w", path, err)
-	}
-	if id.Ino != st.Ino {
-		return FileID{}, fmt.Errorf("%s: mapped inode %d is not the opened file's %d", path, id.Ino, st.Ino)
-	}
-	return id, nil
+	return ids[0], nil
 }
 
 // mappingID reads the device and inode of the mapping that starts at addr

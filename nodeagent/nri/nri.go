@@ -64,7 +64,6 @@ type Plugin struct {
 
 	connected atomic.Bool
 	mu        sync.Mutex
-	lastErr   error
 	created   map[string]time.Time // container id -> its CreateContainer, until StartContainer
 }
 
@@ -73,20 +72,6 @@ const maxCreated = 4096
 
 // Connected reports whether the runtime is connected now.
 func (p *Plugin) Connected() bool { return p.connected.Load() }
-
-// Status says which source of container identity is in force, for the
-// node's status and logs.
-func (p *Plugin) Status() string {
-	if p.Connected() {
-		return "nri"
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.lastErr != nil {
-		return "pod-status (nri: " + p.lastErr.Error() + ")"
-	}
-	return "pod-status"
-}
 
 // Run serves the runtime until ctx ends.
 func (p *Plugin) Run(ctx context.Context) {
@@ -101,9 +86,6 @@ func (p *Plugin) Run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		p.mu.Lock()
-		p.lastErr = err
-		p.mu.Unlock()
 		if !warned || err == nil {
 			p.Log.Warn("no NRI connection to the container runtime: container names come from pod status, and a container runs under its pod's union of rules until the kubelet reports it",
 				zap.String("socket", p.Socket), zap.Error(err))

@@ -3,7 +3,9 @@ package kernels
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -252,7 +254,6 @@ func checkTools(rows []Row) error {
 	return nil
 }
 
-// SaveResults merges results into path, keeping the latest result per row.
 // dispatchOrder is the order workers take rows in: the matrix's (arm64 rows
 // last, as their build is), except that in CI the rows that run their whole
 // suite (an empty CI subset, the longest by far) go first, so that the
@@ -270,8 +271,12 @@ func dispatchOrder(rows []Row, ci bool) []int {
 	return append(first, rest...)
 }
 
+// SaveResults merges results into path, keeping the latest result per row.
 func SaveResults(path string, results []Result) error {
-	all, _ := LoadResults(path)
+	all, err := LoadResults(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	for _, r := range results {
 		i := slices.IndexFunc(all, func(o Result) bool { return o.Row == r.Row })
 		if i >= 0 {
@@ -285,7 +290,13 @@ func SaveResults(path string, results []Result) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	// A run cut short mid-write must not leave a file the next run
+	// cannot read: write beside it and rename.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // LoadResults reads a results file.

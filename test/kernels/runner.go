@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/execgate/execgate/internal/atomicfile"
 )
 
 // Config says what one matrix run does.
@@ -290,13 +292,8 @@ func SaveResults(path string, results []Result) error {
 	if err != nil {
 		return err
 	}
-	// A run cut short mid-write must not leave a file the next run
-	// cannot read: write beside it and rename.
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	// A run cut short mid-write must not leave a file the next run cannot read.
+	return atomicfile.Write(path, append(b, '\n'), 0o644)
 }
 
 // LoadResults reads a results file.

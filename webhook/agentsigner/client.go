@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/execgate/execgate/internal/atomicfile"
 )
 
 // ClientCertIssuer keeps the controller's own client certificate for agents in
@@ -93,13 +95,4 @@ func (c *ClientCertIssuer) Start(ctx context.Context) error {
 // NeedLeaderElection implements manager.LeaderElectionRunnable.
 func (c *ClientCertIssuer) NeedLeaderElection() bool { return false }
 
-func writeFile(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
+func writeFile(path string, data []byte) error { return atomicfile.Write(path, data, 0o600) }
